@@ -1,0 +1,67 @@
+"""Build the Pyomo model: Sets, expert Params, then every constraint family in order.
+
+To add a constraint family, write ``model/families/<name>.py`` with
+``add(m, data)`` that adds one named Block, and append it to :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyomo.environ as pyo
+
+from .families import batching, capacity, cost, fixed_policy, objective, placement, timing
+from .terms import COMPONENTS, DEVICES, PHASES, TENSOR_KINDS, Accounting
+
+FAMILIES = [
+    placement.add,      # p[k, d] and p[weights, d] / b
+    batching.add,       # g, N, 1/b, 1/N, p/N, eff(g) p: exact integer linearization
+    fixed_policy.add,   # fractions the user pinned
+    cost.add,           # per-sequence time and memory expressions
+    capacity.add,       # home + working memory <= alpha * capacity
+    timing.add,         # overlap of transfers and compute
+    objective.add,      # minimize time per sequence
+]
+
+
+@dataclass(frozen=True)
+class ModelData:
+    """Plain data for one build: the accounting, capacities and search bounds."""
+
+    accounting: Accounting
+    capacity_gib: dict[str, float]
+    alpha: dict[str, float]
+    g_lo: int
+    g_hi: int
+    N_lo: int
+    N_hi: int
+    b_hi: int
+    fixed_batch: tuple[int, int] | None = None           # (g, N): build the fixed-batch LP
+    fixed_fractions: dict[tuple[str, str], float] | None = None
+    name: str = "moe_offload_policy"
+
+
+def build_model(data: ModelData) -> pyo.ConcreteModel:
+    """A ConcreteModel whose optimum is the throughput-optimal policy within ``data``'s bounds."""
+    acc = data.accounting
+    m = pyo.ConcreteModel(name=data.name)
+    m.DEVICES = pyo.Set(initialize=DEVICES, ordered=True, doc="Where tensors live: gpu, cpu, disk")
+    m.TENSOR_KINDS = pyo.Set(initialize=TENSOR_KINDS, ordered=True, doc="weights, cache, activations")
+    m.PHASES = pyo.Set(initialize=PHASES, ordered=True, doc="prefill, decode")
+    m.COMPONENTS = pyo.Set(initialize=COMPONENTS, ordered=True,
+                           doc="Per-layer time components: ctog, gtoc, dtoc, ctod, comp")
+    m.EXPERTS = pyo.RangeSet(0, len(acc.expert_weights_gib) - 1, doc="Experts of one MoE layer")
+    m.expert_weights_gib = pyo.Param(m.EXPERTS, initialize=dict(enumerate(acc.expert_weights_gib)),
+                                     doc="Weights of one expert in one layer, GiB")
+    m.routing_probability = pyo.Param(m.EXPERTS, initialize=dict(enumerate(acc.routing_probability)),
+                                      doc="Per-token probability that the router picks the expert")
+    m.dense_weights_gib = pyo.Param(initialize=acc.dense_weights_gib,
+                                    doc="Non-expert weights of one layer (attention, router, norms), GiB")
+    m.layer_weights_gib = pyo.Expression(
+        expr=m.dense_weights_gib + sum(m.expert_weights_gib[e] for e in m.EXPERTS),
+        doc="W: weights of one layer, GiB")
+    m.placement_allowed = pyo.Param(m.TENSOR_KINDS, m.DEVICES, initialize=acc.allowed, within=pyo.Boolean,
+                                    doc="Whether a tensor kind may live on a device")
+    for family in FAMILIES:
+        family(m, data)
+    return m

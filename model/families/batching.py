@@ -1,0 +1,523 @@
+"""Batching: GPU batch size g and number of GPU batches N as exact integer decisions.
+
+Every quantity is divided by the block size ``b = g*N`` (DESIGN.md section 2.1), so
+the model needs three reciprocals and a few products, made exact with bits:
+
+    per_block       u = 1/b            (weights terms, capacities)
+    per_microbatch  v = 1/N = g*u      (working buffers: g/b = 1/N)
+    fraction_per_microbatch[k,d] = p[k,d] / N
+    efficiency_times_fraction[k,d] = eff(g) * p[k,d]   (CPU attention rate depends on g)
+
+``N = sum_k 2^k z_k`` and ``g = sum_j 2^j y_j`` with binary z, y; the identities
+``N*v = 1``, ``N*q = p`` and ``g*u = v`` become sums of bit-times-variable products,
+each linearized exactly by McCormick inequalities (all variables lie in [0, 1]).
+``eff(g)`` takes a one-hot choice over the values of g where it varies plus one
+bucket where it is flat. With the batch sizes fixed (``data.fixed_batch``) the same
+names hold constants and linear expressions, and the model is an LP.
+"""
+
+from __future__ import annotations
+
+import pyomo.environ as pyo
+
+from ..terms import SEQ_KINDS
+
+# Up to this many candidate GPU batch sizes, g is a one-hot choice (tight); above, bits.
+ONE_HOT_MAX_VALUES = 256
+
+
+def add(m, data) -> None:
+    m.batching = blk = pyo.Block(doc="GPU batch size, number of GPU batches, and the reciprocals of both")
+    acc = data.accounting
+    micro = sorted({key for q in _quantities(acc) for key, c in q.microbatch.coef.items()
+                    if c != 0.0 and acc.allowed[key]})
+    cpu_attn = sorted({key for q in _quantities(acc) for key, c in q.cpu_attention.coef.items()
+                       if c != 0.0 and acc.allowed[key]})
+    blk.MICRO_FRACTIONS = pyo.Set(initialize=micro, dimen=2, ordered=True,
+                                  doc="(kind, device) fractions that appear in per-micro-batch terms")
+    blk.CPU_ATTENTION_FRACTIONS = pyo.Set(initialize=cpu_attn, dimen=2, ordered=True,
+                                          doc="(kind, device) fractions attended on the CPU")
+    if data.fixed_batch is not None:
+        _add_fixed(m, blk, data)
+    else:
+        _add_exact(m, blk, data)
+
+    @blk.Constraint(doc="Weights fractions sum to one, divided by b")
+    def weights_fractions_sum_to_one(blk):
+        """sum_d p[weights, d] / b = 1/b = u"""
+        return sum(m.placement.weights_per_seq[d] for d in m.DEVICES) == blk.per_block
+
+
+def _quantities(acc):
+    return list(acc.time.values()) + list(acc.memory.values())
+
+
+def _add_fixed(m, blk, data) -> None:
+    g, N = data.fixed_batch
+    b = g * N
+    blk.gpu_batch_size = pyo.Param(initialize=g, doc="GPU batch size g (fixed)")
+    blk.num_gpu_batches = pyo.Param(initialize=N, doc="Number of GPU batches N (fixed)")
+    blk.per_block = pyo.Param(initialize=1.0 / b, doc="u = 1/b (fixed)")
+    blk.per_microbatch = pyo.Param(initialize=1.0 / N, doc="v = 1/N (fixed)")
+    blk.efficiency = pyo.Param(initialize=data.accounting.efficiency(g), doc="eff(g) (fixed)")
+    frac = m.placement.fraction
+
+    @blk.Expression(blk.MICRO_FRACTIONS, doc="p[k, d] / N")
+    def fraction_per_microbatch(blk, k, d):
+        return frac[k, d] / N
+
+    @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
+    def efficiency_times_fraction(blk, k, d):
+        return blk.efficiency * frac[k, d]
+
+
+def _add_exact(m, blk, data) -> None:
+    acc = data.accounting
+    g_lo, g_hi, N_lo, N_hi = data.g_lo, data.g_hi, data.N_lo, data.N_hi
+    frac = m.placement.fraction
+    u_hi = 1.0 / (g_lo * N_lo)
+    v_hi = 1.0 / N_lo
+
+    blk.N_BITS = pyo.RangeSet(0, N_hi.bit_length() - 1, doc="Bits of the number of GPU batches")
+    blk.num_gpu_batches_bit = pyo.Var(blk.N_BITS, domain=pyo.Binary, doc="z_k: bit k of N")
+    blk.num_gpu_batches = pyo.Expression(expr=sum(2**k * blk.num_gpu_batches_bit[k] for k in blk.N_BITS),
+                                         doc="N = sum_k 2^k z_k")
+    blk.num_gpu_batches_in_range = pyo.Constraint(expr=pyo.inequality(N_lo, blk.num_gpu_batches, N_hi),
+                                                  doc="N within its search bounds")
+    blk.block_size_within_bound = pyo.Constraint(
+        expr=blk.num_gpu_batches <= data.b_hi, doc="N <= b_max (b = g*N <= b_max with g >= 1)")
+
+    blk.per_block = pyo.Var(bounds=(1.0 / data.b_hi, u_hi), doc="u = 1/b, b = g*N")
+    blk.per_microbatch = pyo.Var(bounds=(1.0 / N_hi, v_hi), doc="v = 1/N")
+    blk.fraction_per_microbatch = pyo.Var(blk.MICRO_FRACTIONS, bounds=(0, v_hi), doc="q[k, d] = p[k, d] / N")
+
+    # --- N * v = 1 ----------------------------------------------------------
+    blk.bit_times_per_microbatch = pyo.Var(blk.N_BITS, bounds=(0, v_hi), doc="z_k * v")
+    _mccormick(blk, "bit_times_per_microbatch", blk.N_BITS, lambda k: blk.num_gpu_batches_bit[k],
+               lambda k: blk.per_microbatch, v_hi, lambda k: min(v_hi, 2.0**-k))
+
+    @blk.Constraint(doc="N * v = 1")
+    def batches_times_reciprocal_is_one(blk):
+        """sum_k 2^k (z_k v) = 1"""
+        return sum(2**k * blk.bit_times_per_microbatch[k] for k in blk.N_BITS) == 1
+
+    # --- N * q[k,d] = p[k,d] -------------------------------------------------
+    blk.BIT_FRACTIONS = pyo.Set(initialize=[(k,) + kd for k in blk.N_BITS for kd in blk.MICRO_FRACTIONS],
+                                dimen=3, ordered=True, doc="(bit, kind, device)")
+    blk.bit_times_fraction_per_microbatch = pyo.Var(blk.BIT_FRACTIONS, bounds=(0, v_hi), doc="z_k * q[k, d]")
+    _mccormick(blk, "bit_times_fraction_per_microbatch", blk.BIT_FRACTIONS,
+               lambda i: blk.num_gpu_batches_bit[i[0]],
+               lambda i: blk.fraction_per_microbatch[i[1], i[2]], v_hi, lambda i: min(v_hi, 2.0 ** -i[0]))
+
+    @blk.Constraint(blk.MICRO_FRACTIONS, doc="N * q[k, d] = p[k, d]")
+    def batches_times_fraction_per_microbatch(blk, k, d):
+        """sum_bit 2^bit (z_bit q[k,d]) = p[k, d]"""
+        return sum(2**i * blk.bit_times_fraction_per_microbatch[i, k, d] for i in blk.N_BITS) == frac[k, d]
+
+    # --- g * u = v -------------------------------------------------------------
+    if g_hi - g_lo + 1 <= ONE_HOT_MAX_VALUES:
+        _batch_size_one_hot(m, blk, data, u_hi, v_hi)
+    else:
+        _batch_size_bits(m, blk, data, u_hi)
+
+    # --- valid inequalities (cuts) ----------------------------------------------
+    # 1/N is convex: every tangent lies below it, and the chord over [N_lo, N_hi] above it.
+    points = sorted({N_lo, N_hi} | {2**k for k in range(N_hi.bit_length()) if N_lo <= 2**k <= N_hi})
+    blk.TANGENT_POINTS = pyo.Set(initialize=points, ordered=True, doc="N0 where 1/N is cut by its tangent")
+
+    @blk.Constraint(blk.TANGENT_POINTS, doc="v >= tangent of 1/N at N0")
+    def reciprocal_above_tangent(blk, n0):
+        """v >= 2/N0 - N/N0^2"""
+        return blk.per_microbatch >= 2.0 / n0 - blk.num_gpu_batches / n0**2
+
+    if N_hi > N_lo:
+        @blk.Constraint(doc="v <= chord of 1/N over [N_lo, N_hi]")
+        def reciprocal_below_chord(blk):
+            """v <= 1/N_lo - (N - N_lo) / (N_lo * N_hi)"""
+            return blk.per_microbatch <= 1.0 / N_lo - (blk.num_gpu_batches - N_lo) / (N_lo * N_hi)
+
+    @blk.Constraint(doc="u = v/g is at most v/g_lo")
+    def per_block_at_most(blk):
+        """u <= v / g_lo"""
+        return blk.per_block <= blk.per_microbatch / g_lo
+
+    @blk.Constraint(doc="u = v/g is at least v/g_hi")
+    def per_block_at_least(blk):
+        """u >= v / g_hi"""
+        return blk.per_block >= blk.per_microbatch / g_hi
+
+    @blk.Constraint(blk.MICRO_FRACTIONS, doc="q = p/N <= v")
+    def fraction_per_microbatch_at_most_reciprocal(blk, k, d):
+        """q[k, d] <= v  (since p <= 1)"""
+        return blk.fraction_per_microbatch[k, d] <= blk.per_microbatch
+
+    # --- eff(g) times fractions ---------------------------------------------------
+    if hasattr(blk, "batch_size_is"):
+        _efficiency_from_one_hot(m, blk, data)
+    else:
+        _add_efficiency(m, blk, data)
+
+
+def _batch_size_one_hot(m, blk, data, u_hi, v_hi) -> None:
+    """g as a one-hot choice c; u = v/g made exact by splitting v over the choices.
+
+        v = sum_c v_c,  v_c <= x_c / N_lo,  v_c >= x_c / N_max(c),  u = sum_c v_c / c
+    Exactly one x_c is 1, so u = v / c. This is the convex hull of each choice, much
+    tighter than bits when g has few values.
+    """
+    g_lo, g_hi = data.g_lo, data.g_hi
+    blk.BATCH_SIZES = pyo.RangeSet(g_lo, g_hi, doc="Candidate GPU batch sizes")
+    blk.batch_size_is = pyo.Var(blk.BATCH_SIZES, domain=pyo.Binary, doc="x_c: g equals c")
+    blk.gpu_batch_size = pyo.Expression(expr=sum(c * blk.batch_size_is[c] for c in blk.BATCH_SIZES),
+                                        doc="g = sum_c c x_c")
+
+    @blk.Constraint(doc="Exactly one GPU batch size")
+    def one_batch_size(blk):
+        """sum_c x_c = 1"""
+        return sum(blk.batch_size_is[c] for c in blk.BATCH_SIZES) == 1
+
+    blk.per_microbatch_at = pyo.Var(blk.BATCH_SIZES, bounds=(0, v_hi), doc="v_c = x_c * v")
+
+    @blk.Constraint(blk.BATCH_SIZES, doc="v_c vanishes unless g = c")
+    def per_microbatch_only_at_choice(blk, c):
+        """v_c <= x_c / N_lo"""
+        return blk.per_microbatch_at[c] <= v_hi * blk.batch_size_is[c]
+
+    @blk.Constraint(blk.BATCH_SIZES, doc="With g = c, N <= min(N_hi, b_hi / c)")
+    def per_microbatch_at_least_at_choice(blk, c):
+        """v_c >= x_c / min(N_hi, floor(b_hi / c))"""
+        return blk.per_microbatch_at[c] >= blk.batch_size_is[c] / max(1, min(data.N_hi, data.b_hi // c))
+
+    @blk.Constraint(doc="v splits over the choices")
+    def per_microbatch_splits(blk):
+        """v = sum_c v_c"""
+        return blk.per_microbatch == sum(blk.per_microbatch_at[c] for c in blk.BATCH_SIZES)
+
+    @blk.Constraint(doc="u = v / g")
+    def batch_size_times_per_block_is_per_microbatch(blk):
+        """u = sum_c v_c / c"""
+        return blk.per_block == sum(blk.per_microbatch_at[c] / c for c in blk.BATCH_SIZES)
+
+
+def _batch_size_bits(m, blk, data, u_hi) -> None:
+    """g as bits y_j; g * u = v as sum_j 2^j (y_j u) = v with exact McCormick products."""
+    g_lo, g_hi, N_lo = data.g_lo, data.g_hi, data.N_lo
+    blk.G_BITS = pyo.RangeSet(0, g_hi.bit_length() - 1, doc="Bits of the GPU batch size")
+    blk.gpu_batch_size_bit = pyo.Var(blk.G_BITS, domain=pyo.Binary, doc="y_j: bit j of g")
+    blk.gpu_batch_size = pyo.Expression(expr=sum(2**j * blk.gpu_batch_size_bit[j] for j in blk.G_BITS),
+                                        doc="g = sum_j 2^j y_j")
+    blk.gpu_batch_size_in_range = pyo.Constraint(expr=pyo.inequality(g_lo, blk.gpu_batch_size, g_hi),
+                                                 doc="g within its search bounds")
+    blk.bit_times_per_block = pyo.Var(blk.G_BITS, bounds=(0, u_hi), doc="y_j * u")
+    _mccormick(blk, "bit_times_per_block", blk.G_BITS, lambda j: blk.gpu_batch_size_bit[j],
+               lambda j: blk.per_block, u_hi, lambda j: min(u_hi, 2.0**-j / N_lo))
+
+    @blk.Constraint(doc="g * u = v")
+    def batch_size_times_per_block_is_per_microbatch(blk):
+        """sum_j 2^j (y_j u) = v"""
+        return sum(2**j * blk.bit_times_per_block[j] for j in blk.G_BITS) == blk.per_microbatch
+
+
+def _efficiency_from_one_hot(m, blk, data) -> None:
+    """eff(g) p[k, d] = sum_c eff(c) r[c, k, d], r[c] <= x_c, sum_c r[c] = p[k, d] (g is one-hot)."""
+    acc = data.accounting
+    frac = m.placement.fraction
+    if not acc.efficiency_varies(data.g_lo, data.g_hi) or not len(blk.CPU_ATTENTION_FRACTIONS):
+        _constant_efficiency(m, blk, data)
+        return
+    blk.efficiency_value = pyo.Param(blk.BATCH_SIZES, initialize={c: acc.efficiency(c) for c in blk.BATCH_SIZES},
+                                     doc="eff(g) for each candidate g")
+    blk.efficiency = pyo.Expression(expr=sum(blk.efficiency_value[c] * blk.batch_size_is[c]
+                                             for c in blk.BATCH_SIZES), doc="eff(g)")
+    _split_fractions(m, blk, blk.BATCH_SIZES, frac, blk.batch_size_is)
+
+
+def _constant_efficiency(m, blk, data) -> None:
+    e = data.accounting.efficiency(data.g_hi)
+    frac = m.placement.fraction
+    blk.efficiency = pyo.Param(initialize=e, doc="eff(g): constant over the search range")
+
+    @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
+    def efficiency_times_fraction(blk, k, d):
+        return e * frac[k, d]
+
+
+def _split_fractions(m, blk, choices, frac, chosen) -> None:
+    """r[c, k, d] = x_c p[k, d] as a split of p over the one-hot choices (exact, no big-M)."""
+    blk.EFFICIENCY_SPLIT = pyo.Set(initialize=[(c,) + kd for c in choices for kd in blk.CPU_ATTENTION_FRACTIONS],
+                                   dimen=3, ordered=True, doc="(choice, kind, device)")
+    blk.fraction_at_choice = pyo.Var(blk.EFFICIENCY_SPLIT, bounds=(0, 1), doc="p[k, d] if g is choice c, else 0")
+
+    @blk.Constraint(blk.EFFICIENCY_SPLIT, doc="A fraction is split only onto the chosen g")
+    def fraction_only_at_chosen(blk, c, k, d):
+        """r[c, k, d] <= x_c"""
+        return blk.fraction_at_choice[c, k, d] <= chosen[c]
+
+    @blk.Constraint(blk.CPU_ATTENTION_FRACTIONS, doc="The split adds up to the fraction")
+    def fraction_split_adds_up(blk, k, d):
+        """sum_c r[c, k, d] = p[k, d]"""
+        return sum(blk.fraction_at_choice[c, k, d] for c in choices) == frac[k, d]
+
+    @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
+    def efficiency_times_fraction(blk, k, d):
+        return sum(blk.efficiency_value[c] * blk.fraction_at_choice[c, k, d] for c in choices)
+
+
+def _mccormick(blk, name, index, bit, other, other_hi, hi_when_set) -> None:
+    """Exact ``w[i] = bit(i) * other(i)`` for a binary and a variable in [0, other_hi].
+
+    ``hi_when_set(i)`` is a (tighter) upper bound of the variable when the bit is 1.
+    """
+    w = getattr(blk, name)
+
+    def upper_by_bit(blk, *i):
+        """w <= U_i * bit"""
+        i = i[0] if len(i) == 1 else i
+        return w[i] <= hi_when_set(i) * bit(i)
+
+    def upper_by_value(blk, *i):
+        """w <= x"""
+        i = i[0] if len(i) == 1 else i
+        return w[i] <= other(i)
+
+    def lower(blk, *i):
+        """w >= x - U (1 - bit)"""
+        i = i[0] if len(i) == 1 else i
+        return w[i] >= other(i) - other_hi * (1 - bit(i))
+
+    setattr(blk, f"{name}_below_bit", pyo.Constraint(index, rule=upper_by_bit, doc=f"{name} <= U * bit"))
+    setattr(blk, f"{name}_below_value", pyo.Constraint(index, rule=upper_by_value, doc=f"{name} <= value"))
+    setattr(blk, f"{name}_above", pyo.Constraint(index, rule=lower, doc=f"{name} >= value - U (1 - bit)"))
+
+
+def _add_efficiency(m, blk, data) -> None:
+    """eff(g) p[k, d] when g is in bits: a one-hot over the g values where eff varies, plus one flat bucket."""
+    acc = data.accounting
+    g_lo, g_hi = data.g_lo, data.g_hi
+    if not acc.efficiency_varies(g_lo, g_hi) or not len(blk.CPU_ATTENTION_FRACTIONS):
+        _constant_efficiency(m, blk, data)
+        return
+    flat_from = g_hi
+    while flat_from > g_lo and acc.efficiency(flat_from - 1) == acc.efficiency(g_hi):
+        flat_from -= 1
+    choices = list(range(g_lo, flat_from + 1))  # the last choice stands for flat_from..g_hi
+    blk.EFFICIENCY_CHOICES = pyo.Set(initialize=choices, ordered=True,
+                                     doc=f"g values where eff(g) varies; {flat_from} stands for {flat_from}..{g_hi}")
+    blk.efficiency_value = pyo.Param(blk.EFFICIENCY_CHOICES, initialize={c: acc.efficiency(c) for c in choices},
+                                     doc="eff(g) for each choice")
+    blk.efficiency_choice = pyo.Var(blk.EFFICIENCY_CHOICES, domain=pyo.Binary, doc="one-hot: g is this choice")
+    blk.batch_size_beyond_flat = pyo.Var(bounds=(0, g_hi - flat_from), doc="g - flat_from when g >= flat_from")
+
+    @blk.Constraint(doc="Exactly one efficiency choice")
+    def one_efficiency_choice(blk):
+        """sum_c x_c = 1"""
+        return sum(blk.efficiency_choice[c] for c in blk.EFFICIENCY_CHOICES) == 1
+
+    @blk.Constraint(doc="The one-hot choice agrees with g")
+    def efficiency_choice_matches_batch_size(blk):
+        """g = sum_c c x_c + extra"""
+        return blk.gpu_batch_size == sum(c * blk.efficiency_choice[c] for c in blk.EFFICIENCY_CHOICES) \
+            + blk.batch_size_beyond_flat
+
+    @blk.Constraint(doc="Only the flat bucket allows g above its first value")
+    def beyond_flat_only_in_flat_bucket(blk):
+        """extra <= (g_hi - flat_from) x_flat"""
+        return blk.batch_size_beyond_flat <= (g_hi - flat_from) * blk.efficiency_choice[flat_from]
+
+    blk.efficiency = pyo.Expression(expr=sum(blk.efficiency_value[c] * blk.efficiency_choice[c]
+                                             for c in blk.EFFICIENCY_CHOICES), doc="eff(g)")
+    _split_fractions(m, blk, blk.EFFICIENCY_CHOICES, m.placement.fraction, blk.efficiency_choice)
+
+
+def _batch_size_one_hot(m, blk, data, u_hi, v_hi) -> None:
+    """g as a one-hot choice c; u = v/g made exact by splitting v over the choices.
+
+        v = sum_c v_c,  v_c <= x_c / N_lo,  v_c >= x_c / N_max(c),  u = sum_c v_c / c
+    Exactly one x_c is 1, so u = v / c. This is the convex hull of each choice, much
+    tighter than bits when g has few values.
+    """
+    g_lo, g_hi = data.g_lo, data.g_hi
+    blk.BATCH_SIZES = pyo.RangeSet(g_lo, g_hi, doc="Candidate GPU batch sizes")
+    blk.batch_size_is = pyo.Var(blk.BATCH_SIZES, domain=pyo.Binary, doc="x_c: g equals c")
+    blk.gpu_batch_size = pyo.Expression(expr=sum(c * blk.batch_size_is[c] for c in blk.BATCH_SIZES),
+                                        doc="g = sum_c c x_c")
+
+    @blk.Constraint(doc="Exactly one GPU batch size")
+    def one_batch_size(blk):
+        """sum_c x_c = 1"""
+        return sum(blk.batch_size_is[c] for c in blk.BATCH_SIZES) == 1
+
+    blk.per_microbatch_at = pyo.Var(blk.BATCH_SIZES, bounds=(0, v_hi), doc="v_c = x_c * v")
+
+    @blk.Constraint(blk.BATCH_SIZES, doc="v_c vanishes unless g = c")
+    def per_microbatch_only_at_choice(blk, c):
+        """v_c <= x_c / N_lo"""
+        return blk.per_microbatch_at[c] <= v_hi * blk.batch_size_is[c]
+
+    @blk.Constraint(blk.BATCH_SIZES, doc="With g = c, N <= min(N_hi, b_hi / c)")
+    def per_microbatch_at_least_at_choice(blk, c):
+        """v_c >= x_c / min(N_hi, floor(b_hi / c))"""
+        return blk.per_microbatch_at[c] >= blk.batch_size_is[c] / max(1, min(data.N_hi, data.b_hi // c))
+
+    @blk.Constraint(doc="v splits over the choices")
+    def per_microbatch_splits(blk):
+        """v = sum_c v_c"""
+        return blk.per_microbatch == sum(blk.per_microbatch_at[c] for c in blk.BATCH_SIZES)
+
+    @blk.Constraint(doc="u = v / g")
+    def batch_size_times_per_block_is_per_microbatch(blk):
+        """u = sum_c v_c / c"""
+        return blk.per_block == sum(blk.per_microbatch_at[c] / c for c in blk.BATCH_SIZES)
+
+
+def _batch_size_bits(m, blk, data, u_hi) -> None:
+    """g as bits y_j; g * u = v as sum_j 2^j (y_j u) = v with exact McCormick products."""
+    g_lo, g_hi, N_lo = data.g_lo, data.g_hi, data.N_lo
+    blk.G_BITS = pyo.RangeSet(0, g_hi.bit_length() - 1, doc="Bits of the GPU batch size")
+    blk.gpu_batch_size_bit = pyo.Var(blk.G_BITS, domain=pyo.Binary, doc="y_j: bit j of g")
+    blk.gpu_batch_size = pyo.Expression(expr=sum(2**j * blk.gpu_batch_size_bit[j] for j in blk.G_BITS),
+                                        doc="g = sum_j 2^j y_j")
+    blk.gpu_batch_size_in_range = pyo.Constraint(expr=pyo.inequality(g_lo, blk.gpu_batch_size, g_hi),
+                                                 doc="g within its search bounds")
+    blk.bit_times_per_block = pyo.Var(blk.G_BITS, bounds=(0, u_hi), doc="y_j * u")
+    _mccormick(blk, "bit_times_per_block", blk.G_BITS, lambda j: blk.gpu_batch_size_bit[j],
+               lambda j: blk.per_block, u_hi, lambda j: min(u_hi, 2.0**-j / N_lo))
+
+    @blk.Constraint(doc="g * u = v")
+    def batch_size_times_per_block_is_per_microbatch(blk):
+        """sum_j 2^j (y_j u) = v"""
+        return sum(2**j * blk.bit_times_per_block[j] for j in blk.G_BITS) == blk.per_microbatch
+
+
+def _efficiency_from_one_hot(m, blk, data) -> None:
+    """eff(g) p[k, d] = sum_c eff(c) r[c, k, d], r[c] <= x_c, sum_c r[c] = p[k, d] (g is one-hot)."""
+    acc = data.accounting
+    frac = m.placement.fraction
+    if not acc.efficiency_varies(data.g_lo, data.g_hi) or not len(blk.CPU_ATTENTION_FRACTIONS):
+        _constant_efficiency(m, blk, data)
+        return
+    blk.efficiency_value = pyo.Param(blk.BATCH_SIZES, initialize={c: acc.efficiency(c) for c in blk.BATCH_SIZES},
+                                     doc="eff(g) for each candidate g")
+    blk.efficiency = pyo.Expression(expr=sum(blk.efficiency_value[c] * blk.batch_size_is[c]
+                                             for c in blk.BATCH_SIZES), doc="eff(g)")
+    _split_fractions(m, blk, blk.BATCH_SIZES, frac, blk.batch_size_is)
+
+
+def _constant_efficiency(m, blk, data) -> None:
+    e = data.accounting.efficiency(data.g_hi)
+    frac = m.placement.fraction
+    blk.efficiency = pyo.Param(initialize=e, doc="eff(g): constant over the search range")
+
+    @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
+    def efficiency_times_fraction(blk, k, d):
+        return e * frac[k, d]
+
+
+def _split_fractions(m, blk, choices, frac, chosen) -> None:
+    """r[c, k, d] = x_c p[k, d] as a split of p over the one-hot choices (exact, no big-M)."""
+    blk.EFFICIENCY_SPLIT = pyo.Set(initialize=[(c,) + kd for c in choices for kd in blk.CPU_ATTENTION_FRACTIONS],
+                                   dimen=3, ordered=True, doc="(choice, kind, device)")
+    blk.fraction_at_choice = pyo.Var(blk.EFFICIENCY_SPLIT, bounds=(0, 1), doc="p[k, d] if g is choice c, else 0")
+
+    @blk.Constraint(blk.EFFICIENCY_SPLIT, doc="A fraction is split only onto the chosen g")
+    def fraction_only_at_chosen(blk, c, k, d):
+        """r[c, k, d] <= x_c"""
+        return blk.fraction_at_choice[c, k, d] <= chosen[c]
+
+    @blk.Constraint(blk.CPU_ATTENTION_FRACTIONS, doc="The split adds up to the fraction")
+    def fraction_split_adds_up(blk, k, d):
+        """sum_c r[c, k, d] = p[k, d]"""
+        return sum(blk.fraction_at_choice[c, k, d] for c in choices) == frac[k, d]
+
+    @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
+    def efficiency_times_fraction(blk, k, d):
+        return sum(blk.efficiency_value[c] * blk.fraction_at_choice[c, k, d] for c in choices)
+
+
+def _mccormick(blk, name, index, bit, other, other_hi, hi_when_set) -> None:
+    """Exact ``w[i] = bit(i) * other(i)`` for a binary and a variable in [0, other_hi].
+
+    ``hi_when_set(i)`` is a (tighter) upper bound of the variable when the bit is 1.
+    """
+    w = getattr(blk, name)
+
+    def upper_by_bit(blk, *i):
+        """w <= U_i * bit"""
+        i = i[0] if len(i) == 1 else i
+        return w[i] <= hi_when_set(i) * bit(i)
+
+    def upper_by_value(blk, *i):
+        """w <= x"""
+        i = i[0] if len(i) == 1 else i
+        return w[i] <= other(i)
+
+    def lower(blk, *i):
+        """w >= x - U (1 - bit)"""
+        i = i[0] if len(i) == 1 else i
+        return w[i] >= other(i) - other_hi * (1 - bit(i))
+
+    setattr(blk, f"{name}_below_bit", pyo.Constraint(index, rule=upper_by_bit, doc=f"{name} <= U * bit"))
+    setattr(blk, f"{name}_below_value", pyo.Constraint(index, rule=upper_by_value, doc=f"{name} <= value"))
+    setattr(blk, f"{name}_above", pyo.Constraint(index, rule=lower, doc=f"{name} >= value - U (1 - bit)"))
+
+
+def _add_efficiency(m, blk, data) -> None:
+    acc = data.accounting
+    g_lo, g_hi = data.g_lo, data.g_hi
+    frac = m.placement.fraction
+    if not acc.efficiency_varies(g_lo, g_hi) or not len(blk.CPU_ATTENTION_FRACTIONS):
+        e = acc.efficiency(g_hi)
+        blk.efficiency = pyo.Param(initialize=e, doc="eff(g): constant over the search range")
+
+        @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
+        def efficiency_times_fraction(blk, k, d):
+            return e * frac[k, d]
+        return
+
+    flat_from = g_hi
+    while flat_from > g_lo and acc.efficiency(flat_from - 1) == acc.efficiency(g_hi):
+        flat_from -= 1
+    choices = list(range(g_lo, flat_from + 1))  # the last choice stands for flat_from..g_hi
+    blk.EFFICIENCY_CHOICES = pyo.Set(initialize=choices, ordered=True,
+                                     doc=f"g values where eff(g) varies; {flat_from} stands for {flat_from}..{g_hi}")
+    blk.efficiency_value = pyo.Param(blk.EFFICIENCY_CHOICES, initialize={c: acc.efficiency(c) for c in choices},
+                                     doc="eff(g) for each choice")
+    blk.batch_size_is = pyo.Var(blk.EFFICIENCY_CHOICES, domain=pyo.Binary, doc="one-hot: g is this choice")
+    blk.batch_size_beyond_flat = pyo.Var(bounds=(0, g_hi - flat_from), doc="g - flat_from when g >= flat_from")
+
+    @blk.Constraint(doc="Exactly one efficiency choice")
+    def one_efficiency_choice(blk):
+        """sum_c x_c = 1"""
+        return sum(blk.batch_size_is[c] for c in blk.EFFICIENCY_CHOICES) == 1
+
+    @blk.Constraint(doc="The one-hot choice agrees with g")
+    def efficiency_choice_matches_batch_size(blk):
+        """g = sum_c c x_c + extra"""
+        return blk.gpu_batch_size == sum(c * blk.batch_size_is[c] for c in blk.EFFICIENCY_CHOICES) \
+            + blk.batch_size_beyond_flat
+
+    @blk.Constraint(doc="Only the flat bucket allows g above its first value")
+    def beyond_flat_only_in_flat_bucket(blk):
+        """extra <= (g_hi - flat_from) x_flat"""
+        return blk.batch_size_beyond_flat <= (g_hi - flat_from) * blk.batch_size_is[flat_from]
+
+    blk.EFFICIENCY_SPLIT = pyo.Set(initialize=[(c,) + kd for c in choices for kd in blk.CPU_ATTENTION_FRACTIONS],
+                                   dimen=3, ordered=True, doc="(choice, kind, device)")
+    blk.fraction_at_choice = pyo.Var(blk.EFFICIENCY_SPLIT, bounds=(0, 1), doc="p[k, d] if g is choice c, else 0")
+
+    @blk.Constraint(blk.EFFICIENCY_SPLIT, doc="A fraction is split only onto the chosen g")
+    def fraction_only_at_chosen(blk, c, k, d):
+        """r[c, k, d] <= x_c"""
+        return blk.fraction_at_choice[c, k, d] <= chosen[c]
+
+    @blk.Constraint(blk.CPU_ATTENTION_FRACTIONS, doc="The split adds up to the fraction")
+    def fraction_split_adds_up(blk, k, d):
+        """sum_c r[c, k, d] = p[k, d]"""
+        return sum(blk.fraction_at_choice[c, k, d] for c in blk.EFFICIENCY_CHOICES) == frac[k, d]
+
+    blk.efficiency = pyo.Expression(expr=sum(blk.efficiency_value[c] * blk.batch_size_is[c]
+                                             for c in blk.EFFICIENCY_CHOICES), doc="eff(g)")
+
+    @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
+    def efficiency_times_fraction(blk, k, d):
+        return sum(blk.efficiency_value[c] * blk.fraction_at_choice[c, k, d] for c in blk.EFFICIENCY_CHOICES)

@@ -1,0 +1,42 @@
+"""Placement: where each tensor kind lives (DESIGN.md section 1, ``p[k, d]``).
+
+Cache and activation fractions are ordinary variables in [0, 1]. Weights enter the
+per-sequence model only divided by the block size, as ``weights_per_seq[d] =
+p[weights, d] / b`` (DESIGN.md section 2.1); their sum-to-one constraint needs
+``1/b`` and so lives in the batching family.
+"""
+
+from __future__ import annotations
+
+import pyomo.environ as pyo
+
+from ..terms import SEQ_KINDS
+
+
+def add(m, data) -> None:
+    m.placement = blk = pyo.Block(doc="Placement of weights, KV cache and activations on GPU/CPU/disk")
+    blk.SEQ_KINDS = pyo.Set(initialize=SEQ_KINDS, within=m.TENSOR_KINDS, ordered=True,
+                            doc="Tensor kinds whose bytes grow with the number of sequences")
+    blk.fraction = pyo.Var(blk.SEQ_KINDS, m.DEVICES, bounds=(0, 1),
+                           doc="Fraction of a tensor kind homed on a device, p[k, d]")
+    blk.weights_per_seq = pyo.Var(m.DEVICES, bounds=(0, 1),
+                                  doc="Weights fraction on a device divided by block size, p[weights, d] / b")
+
+    @blk.Constraint(blk.SEQ_KINDS, doc="Each cache/activation fraction triple sums to one")
+    def fractions_sum_to_one(blk, k):
+        """sum_d p[k, d] = 1"""
+        return sum(blk.fraction[k, d] for d in m.DEVICES) == 1
+
+    @blk.Constraint(blk.SEQ_KINDS, m.DEVICES, doc="Devices a tensor kind may not use hold none of it")
+    def only_allowed_devices(blk, k, d):
+        """p[k, d] = 0 where the accounting forbids the device (activations never on disk)"""
+        if data.accounting.allowed[(k, d)]:
+            return pyo.Constraint.Skip
+        return blk.fraction[k, d] == 0
+
+    @blk.Constraint(m.DEVICES, doc="Devices that may not hold weights hold none")
+    def weights_only_on_allowed_devices(blk, d):
+        """p[weights, d] / b = 0 where weights are not allowed"""
+        if data.accounting.allowed[("weights", d)]:
+            return pyo.Constraint.Skip
+        return blk.weights_per_seq[d] == 0

@@ -1,0 +1,278 @@
+"""The Python API: optimize a scenario, or evaluate a fixed policy.
+
+    from model import load_scenario, optimize
+    result = optimize(load_scenario("scenarios/t4_reference.yaml"))
+    print(result.throughput_tokens_per_s, result.gpu_batch_size, result.num_gpu_batches)
+
+:func:`optimize` solves one MILP over ``(g, N)`` and the placement, then fixes
+``g`` and ``N`` and re-solves the LP (DESIGN.md section 2.6); the reported figures
+are that LP's, re-evaluated straight from the formulas. It refuses to report
+when the LP is infeasible or disagrees with the MILP beyond the gap.
+With ``g``, ``N`` and all percents fixed, it evaluates that policy instead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import pyomo.environ as pyo
+
+from . import solvers
+from .accounting import build_accounting
+from .bounds import SearchBounds, search_bounds
+from .build import ModelData, build_model
+from .errors import Infeasible, SolverError
+from .scenario import DEVICE_NAMES, Scenario
+from .terms import DEVICES, MEMORY_KEYS, SEQ_KINDS, TENSOR_KINDS, Accounting, Evaluation, evaluate, \
+    fractions_from_percent
+
+# Relative slack when checking a solved policy's peaks against capacity (solver tolerances).
+CAPACITY_SLACK = 1e-7
+
+
+@dataclass
+class Result:
+    """What one run found: policy, predicted performance, and how it was found."""
+
+    scenario: Scenario
+    accounting: Accounting
+    status: str                                     # optimal | time_limit | evaluated | infeasible
+    gpu_batch_size: int | None = None
+    num_gpu_batches: int | None = None
+    fractions: dict[tuple[str, str], float] = field(default_factory=dict)
+    evaluation: Evaluation | None = None
+    solve: solvers.SolveResult | None = None        # the MILP (or the LP when g, N are fixed)
+    resolve: solvers.SolveResult | None = None      # the fixed-(g, N) LP re-solve
+    bounds: SearchBounds | None = None
+    binding_bounds: list[str] = field(default_factory=list)
+    flexllmgen_percent: tuple[int, ...] | None = None
+    flexllmgen_throughput: float | None = None
+    build_s: float = 0.0
+    total_s: float = 0.0
+    infeasible_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def throughput_tokens_per_s(self) -> float | None:
+        return self.evaluation.throughput_tokens_per_s if self.evaluation else None
+
+    @property
+    def block_size(self) -> int | None:
+        return None if self.gpu_batch_size is None else self.gpu_batch_size * self.num_gpu_batches
+
+    @property
+    def capacity_gib(self) -> dict[str, float]:
+        mem = self.scenario.hardware.memory_gib
+        return {d: getattr(mem, d) for d in DEVICE_NAMES}
+
+    @property
+    def usable_gib(self) -> dict[str, float]:
+        alpha = self.scenario.hardware.alpha
+        return {d: getattr(alpha, d) * c for d, c in self.capacity_gib.items()}
+
+
+def _fixed_fractions(sc: Scenario):
+    return None if sc.policy.percent is None else fractions_from_percent(sc.policy.percent)
+
+
+def capacity_violations(acc: Accounting, g: int, N: int, p, capacity: dict, usable: dict,
+                        slack: float = 0.0) -> list[str]:
+    """Lines naming each device and phase whose peak exceeds usable capacity, and what fills it."""
+    out = []
+    for key in MEMORY_KEYS:
+        dev, phase = key
+        parts = acc.memory[key].parts(acc.layer_weights_gib, g * N, g, acc.efficiency(g), p)
+        peak = sum(parts.values())
+        if peak > usable[dev] * (1 + slack) + slack:
+            where = ("disk" if dev == "disk" else dev.upper()) + " memory" + (f" ({phase})" if phase else "")
+            alpha = usable[dev] / capacity[dev] if capacity[dev] else 0.0
+            out.append(f"{where}: needs {peak:.4f} GiB (weights {parts['block']:.4f}, KV cache + activations "
+                       f"{parts['sequence']:.4f}, working buffers {parts['microbatch']:.4f}) > usable "
+                       f"{alpha:g} x {capacity[dev]:g} = {usable[dev]:.4f} GiB")
+    return out
+
+
+def evaluate_policy(sc: Scenario, g: int, N: int, percent) -> Result:
+    """Predict the throughput, times and peaks of one fully fixed policy (no solver)."""
+    t0 = time.perf_counter()
+    acc = build_accounting(sc)
+    p = fractions_from_percent(percent)
+    ev = evaluate(acc, g, N, p)
+    res = Result(scenario=sc, accounting=acc, status="evaluated", gpu_batch_size=g, num_gpu_batches=N,
+                 fractions=p, evaluation=ev, flexllmgen_percent=tuple(int(round(x)) for x in percent)
+                 if all(float(x).is_integer() for x in percent) else None)
+    res.flexllmgen_throughput = ev.throughput_tokens_per_s if res.flexllmgen_percent else None
+    bad = capacity_violations(acc, g, N, p, res.capacity_gib, res.usable_gib, slack=1e-12)
+    if bad:
+        res.status = "infeasible"
+        res.infeasible_reasons = bad
+    res.total_s = time.perf_counter() - t0
+    return res
+
+
+def optimize(sc: Scenario) -> Result:
+    """The throughput-optimal policy for ``sc`` (fixing what ``sc.policy`` fixes).
+
+    Raises :class:`Infeasible` when no policy fits, :class:`SolverError` when the
+    solver fails or its answer does not survive the fixed-(g, N) re-check, and
+    :class:`InputError` for an unknown or missing solver.
+    """
+    pol = sc.policy
+    if pol.gpu_batch_size and pol.num_gpu_batches and pol.percent is not None:
+        res = evaluate_policy(sc, pol.gpu_batch_size, pol.num_gpu_batches, pol.percent)
+        if res.status == "infeasible":
+            raise Infeasible(res.infeasible_reasons)
+        return res
+    t_start = time.perf_counter()
+    solvers.get_solver(sc.solver.name)  # fail fast on unknown / missing solvers
+    acc = build_accounting(sc)
+    hw = sc.hardware
+    capacity = {d: getattr(hw.memory_gib, d) for d in DEVICE_NAMES}
+    alpha = {d: getattr(hw.alpha, d) for d in DEVICE_NAMES}
+    fixed = _fixed_fractions(sc)
+    bounds = search_bounds(acc, capacity, alpha, fixed_fractions=fixed, fixed_g=pol.gpu_batch_size,
+                           fixed_N=pol.num_gpu_batches, max_g=sc.search.max_gpu_batch_size,
+                           max_N=sc.search.max_num_gpu_batches)
+    data = ModelData(accounting=acc, capacity_gib=capacity, alpha=alpha, g_lo=bounds.g_lo, g_hi=bounds.g_hi,
+                     N_lo=bounds.N_lo, N_hi=bounds.N_hi, b_hi=bounds.b_hi, fixed_fractions=fixed, name=sc.name)
+    t0 = time.perf_counter()
+    opts = dict(time_limit_s=sc.solver.time_limit_s, mip_gap=sc.solver.mip_gap, threads=sc.solver.threads,
+                options=sc.solver.options)
+    if bounds.g_lo == bounds.g_hi and bounds.N_lo == bounds.N_hi:
+        g, N = bounds.g_lo, bounds.N_lo
+        lp, lp_res, build_s = _solve_fixed(data, g, N, sc, opts)
+        milp_res = lp_res
+    else:
+        m = build_model(data)
+        build_s = time.perf_counter() - t0
+        milp_res = solvers.solve(m, sc.solver.name, is_mip=True, **opts)
+        if not milp_res.has_solution:
+            if milp_res.termination == "infeasible":
+                raise Infeasible(_explain_infeasible(acc, data))
+            raise SolverError(f"{milp_res.solver} stopped ({milp_res.termination}) without a policy "
+                              f"after {milp_res.wall_s:.1f} s")
+        g = int(round(pyo.value(m.batching.gpu_batch_size)))
+        N = int(round(pyo.value(m.batching.num_gpu_batches)))
+        lp, lp_res, _ = _solve_fixed(data, g, N, sc, opts)
+        _check_agreement(milp_res, lp_res, sc.solver.mip_gap, g, N)
+    fractions = _fractions(lp, g * N)
+    ev = evaluate(acc, g, N, fractions)
+    lp_time = lp_res.objective * g * N
+    if not math.isclose(ev.total_s, lp_time, rel_tol=1e-6):
+        raise SolverError(f"re-evaluated time {ev.total_s:.6f} s disagrees with the LP's {lp_time:.6f} s "
+                          f"at g={g}, N={N}")
+    res = Result(scenario=sc, accounting=acc,
+                 status="optimal" if milp_res.termination == "optimal" else milp_res.termination,
+                 gpu_batch_size=g, num_gpu_batches=N, fractions=fractions, evaluation=ev, solve=milp_res,
+                 resolve=lp_res if lp_res is not milp_res else None, bounds=bounds, build_s=build_s)
+    bad = capacity_violations(acc, g, N, fractions, capacity, res.usable_gib, slack=CAPACITY_SLACK)
+    if bad:
+        raise SolverError("solved policy violates capacity: " + "; ".join(bad))
+    res.binding_bounds = _binding(bounds, g, N)
+    res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(data, g, N, sc.solver.name, opts)
+    res.total_s = time.perf_counter() - t_start
+    return res
+
+
+def _solve_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
+    t0 = time.perf_counter()
+    fixed_data = ModelData(**{**data.__dict__, "fixed_batch": (g, N), "g_lo": g, "g_hi": g, "N_lo": N,
+                              "N_hi": N})
+    lp = build_model(fixed_data)
+    build_s = time.perf_counter() - t0
+    res = solvers.solve(lp, sc.solver.name, is_mip=False, **opts)
+    if not res.has_solution or res.termination != "optimal":
+        if res.termination == "infeasible":
+            raise Infeasible([f"no placement fits at gpu_batch_size={g}, num_gpu_batches={N}: "
+                              + "; ".join(_explain_infeasible(data.accounting, fixed_data))])
+        raise SolverError(f"fixed-(g={g}, N={N}) LP ended {res.termination} with {res.solver}")
+    return lp, res, build_s
+
+
+def _check_agreement(milp, lp, gap: float, g: int, N: int) -> None:
+    """The fixed-(g, N) LP must reproduce the MILP's objective within the gap (DESIGN.md 2.6)."""
+    tol = max(gap, 1e-6) + 1e-7
+    if lp.objective > milp.objective * (1 + tol):
+        raise SolverError(f"fixed-(g={g}, N={N}) LP time {lp.objective:.9g} is worse than the MILP's "
+                          f"{milp.objective:.9g} by more than the gap: the MILP's policy was not feasible")
+    if milp.bound is not None and lp.objective < milp.bound * (1 - tol):
+        raise SolverError(f"fixed-(g={g}, N={N}) LP time {lp.objective:.9g} beats the MILP's bound "
+                          f"{milp.bound:.9g}: the MILP relaxation is wrong")
+
+
+def _fractions(lp, b: int) -> dict[tuple[str, str], float]:
+    pl = lp.placement
+    out = {}
+    w = {d: max(0.0, pyo.value(pl.weights_per_seq[d])) for d in DEVICES}
+    tot = sum(w.values())
+    for d in DEVICES:
+        out[("weights", d)] = w[d] / tot
+    for k in SEQ_KINDS:
+        vals = {d: min(1.0, max(0.0, pyo.value(pl.fraction[k, d]))) for d in DEVICES}
+        tot = sum(vals.values())
+        for d in DEVICES:
+            out[(k, d)] = vals[d] / tot
+    return out
+
+
+def _binding(bounds: SearchBounds, g: int, N: int) -> list[str]:
+    out = []
+    if g == bounds.g_hi and bounds.g_lo != bounds.g_hi:
+        out.append(f"gpu_batch_size = {g} is at its upper bound ({bounds.source['g_hi']})")
+    if N == bounds.N_hi and bounds.N_lo != bounds.N_hi:
+        out.append(f"num_gpu_batches = {N} is at its upper bound ({bounds.source['N_hi']})")
+    if g * N == bounds.b_hi:
+        out.append(f"block size g*N = {g * N} is at its upper bound (memory)")
+    return out
+
+
+def integer_percents(data: ModelData, g: int, N: int, solver: str, opts) -> tuple:
+    """FlexLLMGen's six integer percents that fit, with the best throughput at ``(g, N)``.
+
+    Solves the fixed-(g, N) model once more with every percent an integer in 0..100
+    (a small MIP), then re-evaluates that policy from the formulas. Returns
+    ``(percent, throughput)`` or ``(None, None)`` when no integer percents fit.
+    """
+    fixed_data = ModelData(**{**data.__dict__, "fixed_batch": (g, N), "g_lo": g, "g_hi": g, "N_lo": N,
+                              "N_hi": N})
+    m = build_model(fixed_data)
+    m.integer_percent = blk = pyo.Block(doc="FlexLLMGen's integer percents")
+    blk.percent = pyo.Var(m.TENSOR_KINDS, m.DEVICES, domain=pyo.Integers, bounds=(0, 100),
+                          doc="Percent of a tensor kind on a device")
+    blk.percents_sum_to_100 = pyo.Constraint(
+        m.TENSOR_KINDS, rule=lambda b, k: sum(b.percent[k, d] for d in m.DEVICES) == 100,
+        doc="sum_d percent[k, d] = 100")
+    blk.fraction_is_percent = pyo.Constraint(
+        m.placement.SEQ_KINDS, m.DEVICES,
+        rule=lambda b, k, d: m.placement.fraction[k, d] == b.percent[k, d] / 100, doc="p = percent / 100")
+    blk.weights_fraction_is_percent = pyo.Constraint(
+        m.DEVICES, rule=lambda b, d: m.placement.weights_per_seq[d] == b.percent["weights", d] / 100
+        * m.batching.per_block, doc="p[weights, d] / b = percent / 100 * u")
+    r = solvers.solve(m, solver, is_mip=True, **{**opts, "mip_gap": 1e-6})
+    if not r.has_solution:
+        return None, None
+    pct = {(k, d): int(round(pyo.value(blk.percent[k, d]))) for k in TENSOR_KINDS for d in DEVICES}
+    six = tuple(x for k in TENSOR_KINDS for x in (pct[(k, "gpu")], pct[(k, "cpu")]))
+    acc = data.accounting
+    p = fractions_from_percent(six)
+    usable = {d: data.alpha[d] * data.capacity_gib[d] for d in DEVICES}
+    if capacity_violations(acc, g, N, p, data.capacity_gib, usable, slack=CAPACITY_SLACK):
+        return None, None
+    return six, evaluate(acc, g, N, p).throughput_tokens_per_s
+
+
+def _explain_infeasible(acc: Accounting, data: ModelData) -> list[str]:
+    """Say which resource is short: relax one capacity at a time and see which restores feasibility."""
+    lines = []
+    for dev in DEVICES:
+        relaxed = ModelData(**{**data.__dict__, "capacity_gib": {**data.capacity_gib, dev: 1e6}})
+        m = build_model(relaxed)
+        try:
+            r = solvers.solve(m, "highs", time_limit_s=60, mip_gap=1e-3, is_mip=data.fixed_batch is None)
+        except SolverError:
+            continue
+        if r.has_solution:
+            lines.append(f"{dev.upper() if dev != 'disk' else 'disk'} memory is too small for any placement "
+                         f"within the search bounds (feasible with more {dev} memory)")
+    return lines or ["no placement satisfies the GPU, CPU and disk capacities together"]

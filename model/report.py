@@ -1,0 +1,159 @@
+"""Turn a :class:`~model.optimize.Result` into the JSON contract (DESIGN.md section 4) or a text report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .optimize import Result
+from .terms import COMPONENT_NAMES, COMPONENTS, DEVICES, PHASES, TENSOR_KINDS
+
+_LABEL = {"gpu": "GPU", "cpu": "CPU", "disk": "disk"}
+
+
+def flexllmgen_flags(res: Result) -> str | None:
+    """FlexLLMGen's command-line flags for the policy (integer percents that fit), or None."""
+    if res.flexllmgen_percent is None or res.gpu_batch_size is None:
+        return None
+    pct = " ".join(str(int(x)) for x in res.flexllmgen_percent)
+    return f"--gpu-batch-size {res.gpu_batch_size} --num-gpu-batches {res.num_gpu_batches} --percent {pct}"
+
+
+def to_json(res: Result) -> dict[str, Any]:
+    """The ``--json`` object."""
+    sc = res.scenario
+    out: dict[str, Any] = {
+        "status": res.status,
+        "scenario": sc.name,
+        "model": {"name": sc.model.name, "accounting": res.accounting.mode,
+                  "weights_gib": res.accounting.total_weights_gib},
+        "workload": {"prompt_len": sc.workload.prompt_len, "gen_len": sc.workload.gen_len},
+        "capacity_gib": res.capacity_gib,
+        "usable_gib": res.usable_gib,
+        "throughput_tokens_per_s": res.throughput_tokens_per_s,
+    }
+    if res.gpu_batch_size is not None:
+        out["policy"] = {
+            "gpu_batch_size": res.gpu_batch_size,
+            "num_gpu_batches": res.num_gpu_batches,
+            "block_size": res.block_size,
+            "placement": {k: {d: res.fractions[(k, d)] for d in DEVICES} for k in TENSOR_KINDS},
+        }
+    ev = res.evaluation
+    if ev is not None:
+        out["time_s"] = {
+            "prefill_total": ev.prefill_total_s,
+            "decode_total": ev.decode_total_s,
+            "total": ev.total_s,
+            "prefill_layer": dict(ev.layer_time_s["prefill"]),
+            "decode_layer": dict(ev.layer_time_s["decode"]),
+            "prefill_layer_total": ev.prefill_layer_s,
+            "decode_layer_total": ev.decode_layer_s,
+            "bottleneck": dict(ev.bottleneck),
+        }
+        pk = ev.peak_memory_gib
+        out["peak_memory_gib"] = {
+            "gpu": {ph: pk[("gpu", ph)] for ph in PHASES},
+            "cpu": {ph: pk[("cpu", ph)] for ph in PHASES},
+            "disk": pk[("disk", None)],
+        }
+    if res.solve is not None:
+        s = res.solve
+        out["solver"] = {
+            "name": s.solver, "version": s.version, "termination": s.termination,
+            "objective_s_per_sequence": s.objective, "bound_s_per_sequence": s.bound, "gap": s.gap,
+            "seconds": s.wall_s, "build_seconds": res.build_s,
+            "resolve_seconds": res.resolve.wall_s if res.resolve else None,
+            "total_seconds": res.total_s,
+        }
+    else:
+        out["solver"] = {"name": None, "seconds": 0.0, "termination": res.status, "total_seconds": res.total_s}
+    if res.bounds is not None:
+        b = res.bounds
+        out["search_bounds"] = {"gpu_batch_size": [b.g_lo, b.g_hi], "num_gpu_batches": [b.N_lo, b.N_hi],
+                                "block_size_max": b.b_hi, "source": dict(b.source),
+                                "binding": list(res.binding_bounds)}
+    flags = flexllmgen_flags(res)
+    out["flexllmgen"] = None if flags is None else {
+        "gpu_batch_size": res.gpu_batch_size, "num_gpu_batches": res.num_gpu_batches,
+        "percent": list(res.flexllmgen_percent), "throughput_tokens_per_s": res.flexllmgen_throughput,
+        "flags": flags,
+    }
+    if res.infeasible_reasons:
+        out["infeasible"] = list(res.infeasible_reasons)
+    return out
+
+
+def to_text(res: Result) -> str:
+    """A readable report: policy, throughput, time breakdown, memory, solver, FlexLLMGen flags."""
+    sc, acc, ev = res.scenario, res.accounting, res.evaluation
+    lines = [
+        f"Scenario  {sc.name}: {sc.model.name} ({acc.mode} accounting, {acc.total_weights_gib:.2f} GiB weights), "
+        f"prompt {sc.workload.prompt_len}, generation {sc.workload.gen_len}",
+        f"Hardware  {sc.hardware.name}: GPU {res.capacity_gib['gpu']:g} / CPU {res.capacity_gib['cpu']:g} / "
+        f"disk {res.capacity_gib['disk']:g} GiB",
+        "",
+    ]
+    if res.gpu_batch_size is not None:
+        lines += [
+            f"Policy ({res.status})",
+            f"  GPU batch size     {res.gpu_batch_size}",
+            f"  GPU batches        {res.num_gpu_batches}   (block of {res.block_size} sequences)",
+            "  placement             GPU       CPU      disk",
+        ]
+        for k in TENSOR_KINDS:
+            cells = "".join(f"{100 * res.fractions[(k, d)]:9.2f}%" for d in DEVICES)
+            lines.append(f"    {k:<15}{cells}")
+        lines.append("")
+    if ev is not None:
+        lines += [
+            f"Throughput  {ev.throughput_tokens_per_s:.4f} generated tokens/s",
+            f"Time        prefill {ev.prefill_total_s:.4f} s + decode {ev.decode_total_s:.4f} s "
+            f"= {ev.total_s:.4f} s per block",
+            "",
+            "Per layer (s)   " + "".join(f"{c:>11}" for c in COMPONENTS) + "      layer  bottleneck",
+        ]
+        for ph in PHASES:
+            t = ev.layer_time_s[ph]
+            layer = ev.prefill_layer_s if ph == "prefill" else ev.decode_layer_s
+            neck = ev.bottleneck[ph]
+            neck_name = " + ".join(COMPONENT_NAMES[c] for c in neck.split("+"))
+            lines.append(f"  {ph:<14}" + "".join(f"{t[c]:11.5f}" for c in COMPONENTS)
+                         + f" {layer:10.5f}  {neck_name}")
+        lines.append("  (prefill = max(ctog+dtoc, gtoc+ctod, comp); decode step = ctog + max(gtoc, dtoc, ctod, comp))")
+        lines += ["", "Peak memory (GiB)    prefill     decode     usable"]
+        alpha = sc.hardware.alpha
+        for d in DEVICES:
+            cap = res.capacity_gib[d]
+            use = f"{res.usable_gib[d]:9.4f} = {getattr(alpha, d):g} x {cap:g}"
+            if d == "disk":
+                v = ev.peak_memory_gib[("disk", None)]
+                lines.append(f"  {_LABEL[d]:<16}{v:10.4f} {v:10.4f}  {use}")
+            else:
+                lines.append(f"  {_LABEL[d]:<16}{ev.peak_memory_gib[(d, 'prefill')]:10.4f} "
+                             f"{ev.peak_memory_gib[(d, 'decode')]:10.4f}  {use}")
+        lines.append("")
+    if res.bounds is not None:
+        b = res.bounds
+        lines.append(f"Search      g in {b.g_lo}..{b.g_hi}, N in {b.N_lo}..{b.N_hi}, g*N <= {b.b_hi} "
+                     f"(g: {b.source['g_hi']}, N: {b.source['N_hi']})")
+        lines.append("            " + ("; ".join(res.binding_bounds) if res.binding_bounds
+                                       else "no search bound is binding"))
+    if res.solve is not None:
+        s = res.solve
+        gap = "n/a" if s.gap is None else f"{100 * s.gap:.4f}%"
+        resolve = f" + LP re-solve {res.resolve.wall_s:.3f} s" if res.resolve else ""
+        lines.append(f"Solver      {s.solver} {s.version}: {s.termination}, gap {gap}, "
+                     f"solve {s.wall_s:.3f} s{resolve}, build {res.build_s:.3f} s, total {res.total_s:.3f} s")
+    else:
+        lines.append(f"Solver      none (policy evaluated from the formulas in {res.total_s * 1000:.1f} ms)")
+    flags = flexllmgen_flags(res)
+    if flags:
+        lines.append(f"FlexLLMGen  {flags}")
+        if res.flexllmgen_throughput is not None and res.solve is not None:
+            lines.append(f"            ({res.flexllmgen_throughput:.4f} tokens/s with these integer percents)")
+    elif res.gpu_batch_size is not None:
+        lines.append("FlexLLMGen  no integer percents fit at this batch size")
+    if res.infeasible_reasons:
+        lines.append("")
+        lines += [f"Infeasible: {r}" for r in res.infeasible_reasons]
+    return "\n".join(lines)

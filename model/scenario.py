@@ -1,0 +1,288 @@
+"""Scenario files: YAML validated once, at the edge, into frozen dataclasses.
+
+A scenario has six sections (see README "Scenario format"):
+
+    model     architecture numbers and the accounting mode
+    workload  prompt and generation length
+    hardware  capacities (GiB), alphas, link bandwidths (GiB/s), FLOP rates (TFLOP/s)
+    policy    optional: any of gpu_batch_size, num_gpu_batches, percent to fix
+    search    optional caps on the batch-size search (default: derived from memory)
+    solver    solver name and options
+
+Everything downstream receives plain, checked data. Units are in the names:
+GiB = 2**30 bytes, TFLOP/s = 1e12 FLOP/s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import InputError
+from .schema import build, rule
+
+DEVICE_NAMES = ("gpu", "cpu", "disk")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Transformer architecture (Mixtral-8x7B by default) and how bytes/FLOPs are counted."""
+
+    name: str = "Mixtral-8x7B"
+    accounting: Literal["flexllmgen"] = "flexllmgen"
+    num_layers: int = field(default=32, metadata=rule(ge=1, doc="transformer layers l"))
+    hidden_size: int = field(default=4096, metadata=rule(ge=1, doc="h1"))
+    intermediate_size: int = field(default=14336, metadata=rule(ge=1, doc="expert MLP width h2"))
+    num_attention_heads: int = field(default=32, metadata=rule(ge=1, doc="nh"))
+    num_key_value_heads: int = field(default=8, metadata=rule(ge=1, doc="nkv (GQA)"))
+    head_dim: int = field(default=128, metadata=rule(ge=1, doc="hd"))
+    num_experts: int = field(default=8, metadata=rule(ge=1, doc="E"))
+    num_experts_per_token: int = field(default=2, metadata=rule(ge=1, doc="top-k"))
+    vocab_size: int = field(default=32000, metadata=rule(ge=1))
+    routing_probabilities: list[float] | None = field(
+        default=None, metadata=rule(ge=0.0, le=1.0, doc="per-token probability of each expert; default uniform k/E")
+    )
+    compress_weights: bool = False
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompt_len: int = field(default=512, metadata=rule(ge=1, doc="s, tokens"))
+    gen_len: int = field(default=32, metadata=rule(ge=1, doc="n, generated tokens per sequence"))
+
+
+@dataclass(frozen=True)
+class PerDevice:
+    gpu: float = field(metadata=rule(ge=0))
+    cpu: float = field(metadata=rule(ge=0))
+    disk: float = field(metadata=rule(ge=0))
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Capacities in GiB. The GPU must have some; CPU or disk may be 0 (absent)."""
+
+    gpu: float = field(metadata=rule(gt=0))
+    cpu: float = field(metadata=rule(ge=0))
+    disk: float = field(metadata=rule(ge=0))
+
+
+@dataclass(frozen=True)
+class Alpha:
+    """Fraction of each capacity a policy may use (the reference's alpha relaxation)."""
+
+    gpu: float = field(default=0.8, metadata=rule(gt=0, le=10))
+    cpu: float = field(default=0.9, metadata=rule(gt=0, le=10))
+    disk: float = field(default=0.8, metadata=rule(gt=0, le=10))
+
+
+@dataclass(frozen=True)
+class Bandwidth:
+    """Link rates in GiB/s (reference names in brackets)."""
+
+    cpu_to_gpu: float = field(metadata=rule(gt=0, doc="[ctog_bdw]"))
+    gpu_to_cpu_cache: float = field(metadata=rule(gt=0, doc="[gtoc_bdw_cache]"))
+    gpu_to_cpu_hidden: float = field(metadata=rule(gt=0, doc="[gtoc_bdw_hidden]"))
+    disk_to_cpu: float = field(metadata=rule(gt=0, doc="[dtoc_bdw]"))
+    cpu_to_disk_cache_prefill: float = field(metadata=rule(gt=0, doc="[ctod_bdw_cache_p]"))
+    cpu_to_disk_hidden_prefill: float = field(metadata=rule(gt=0, doc="[ctod_bdw_hidden_p]"))
+    cpu_to_disk_decode: float = field(metadata=rule(gt=0, doc="[ctod_bdw_g]"))
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Effective FLOP rates in TFLOP/s (reference names in brackets)."""
+
+    gpu_matmul_prefill: float = field(metadata=rule(gt=0, doc="[mm_flops_p]"))
+    gpu_matmul_decode: float = field(metadata=rule(gt=0, doc="[mm_flops_g]"))
+    gpu_bmm_prefill: float = field(metadata=rule(gt=0, doc="[bmm_flops_p]"))
+    gpu_bmm_decode: float = field(metadata=rule(gt=0, doc="[bmm_flops_g]"))
+    cpu: float = field(metadata=rule(gt=0, doc="[cpu_flops]"))
+
+
+@dataclass(frozen=True)
+class CpuEfficiency:
+    """CPU attention efficiency max(0.1, 1 + c1*A*B - c2*A - c3*B), A = log2(64/g)+, B = log2(4096/h1)+."""
+
+    c1: float = 0.0168
+    c2: float = 0.0328
+    c3: float = 0.0621
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str = "unnamed"
+    memory_gib: Memory = field(default=None)  # type: ignore[assignment]
+    alpha: Alpha = field(default_factory=Alpha)
+    bandwidth_gib_per_s: Bandwidth = field(default=None)  # type: ignore[assignment]
+    tflops: Compute = field(default=None)  # type: ignore[assignment]
+    cpu_efficiency: CpuEfficiency = field(default_factory=CpuEfficiency)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A partial or complete policy to fix; what is left out is optimized."""
+
+    gpu_batch_size: int | None = field(default=None, metadata=rule(ge=1))
+    num_gpu_batches: int | None = field(default=None, metadata=rule(ge=1))
+    percent: list[float] | None = field(
+        default=None, metadata=rule(ge=0, le=100, doc="wg wc cg cc hg hc, as FlexLLMGen's --percent")
+    )
+
+
+@dataclass(frozen=True)
+class Search:
+    """Optional caps on the integer search. Without them the bounds come from memory."""
+
+    max_gpu_batch_size: int | None = field(default=None, metadata=rule(ge=1))
+    max_num_gpu_batches: int | None = field(default=None, metadata=rule(ge=1))
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    name: str = "highs"
+    time_limit_s: float = field(default=300.0, metadata=rule(gt=0))
+    mip_gap: float = field(default=1e-4, metadata=rule(ge=0, lt=1))
+    threads: int | None = field(default=None, metadata=rule(ge=1))
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str = "scenario"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    workload: Workload = field(default_factory=Workload)
+    hardware: Hardware = field(default=None)  # type: ignore[assignment]
+    policy: Policy = field(default_factory=Policy)
+    search: Search = field(default_factory=Search)
+    solver: SolverOptions = field(default_factory=SolverOptions)
+
+
+def from_dict(raw: Any) -> Scenario:
+    """Validate a parsed scenario mapping (the YAML document) into a :class:`Scenario`."""
+    if not isinstance(raw, dict):
+        raise InputError("scenario", raw, "the file must hold a mapping with model/workload/hardware sections")
+    hw = raw.get("hardware")
+    if not isinstance(hw, dict):
+        raise InputError("hardware", hw, "required section is missing or not a mapping")
+    for section in ("memory_gib", "bandwidth_gib_per_s", "tflops"):
+        if section not in hw:
+            raise InputError(f"hardware.{section}", None, "required section is missing")
+    scenario = build(Scenario, raw, "")
+    _check_cross_fields(scenario)
+    return scenario
+
+
+def _check_cross_fields(sc: Scenario) -> None:
+    m = sc.model
+    if m.num_experts_per_token > m.num_experts:
+        raise InputError("model.num_experts_per_token", m.num_experts_per_token,
+                         f"must be <= model.num_experts ({m.num_experts})")
+    if m.num_key_value_heads > m.num_attention_heads:
+        raise InputError("model.num_key_value_heads", m.num_key_value_heads,
+                         f"must be <= model.num_attention_heads ({m.num_attention_heads})")
+    if m.routing_probabilities is not None:
+        q = m.routing_probabilities
+        if len(q) != m.num_experts:
+            raise InputError("model.routing_probabilities", list(q),
+                             f"needs one entry per expert ({m.num_experts})")
+        if not math.isclose(sum(q), m.num_experts_per_token, rel_tol=1e-6, abs_tol=1e-9):
+            raise InputError("model.routing_probabilities", list(q),
+                             f"must sum to num_experts_per_token ({m.num_experts_per_token}), sums to {sum(q):g}")
+    pct = sc.policy.percent
+    if pct is not None:
+        if len(pct) != 6:
+            raise InputError("policy.percent", list(pct), "needs six numbers: wg wc cg cc hg hc")
+        for kind, (a, b) in zip(("weights", "cache", "activations"), (pct[0:2], pct[2:4], pct[4:6])):
+            if a + b > 100 + 1e-9:
+                raise InputError("policy.percent", list(pct),
+                                 f"{kind} gpu + cpu = {a:g} + {b:g} exceeds 100")
+        if not math.isclose(pct[4] + pct[5], 100, abs_tol=1e-9):
+            raise InputError("policy.percent", list(pct),
+                             f"activations are never on disk: hg + hc must be 100, got {pct[4]:g} + {pct[5]:g}")
+    srch, pol = sc.search, sc.policy
+    if pol.gpu_batch_size and srch.max_gpu_batch_size and pol.gpu_batch_size > srch.max_gpu_batch_size:
+        raise InputError("policy.gpu_batch_size", pol.gpu_batch_size,
+                         f"exceeds search.max_gpu_batch_size ({srch.max_gpu_batch_size})")
+    if pol.num_gpu_batches and srch.max_num_gpu_batches and pol.num_gpu_batches > srch.max_num_gpu_batches:
+        raise InputError("policy.num_gpu_batches", pol.num_gpu_batches,
+                         f"exceeds search.max_num_gpu_batches ({srch.max_num_gpu_batches})")
+
+
+def load_raw(path: str | Path) -> dict:
+    """Read a YAML scenario file into a mapping (not yet validated)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError("scenario", str(path), "file not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError("scenario", str(path), f"cannot read file ({exc.__class__.__name__})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise InputError("scenario", str(path), f"malformed YAML{where}: {problem}") from None
+    if raw is None:
+        raise InputError("scenario", str(path), "file is empty")
+    return raw
+
+
+def apply_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """Return a copy of ``raw`` with dotted-path ``overrides`` set (``hardware.memory_gib.gpu``: 24)."""
+    out = _deep_copy(raw)
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise InputError(".".join(parts[: parts.index(part) + 1]), child, "expected a mapping")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(x):
+    if isinstance(x, dict):
+        return {k: _deep_copy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deep_copy(v) for v in x]
+    return x
+
+
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Load and validate a YAML scenario, with optional dotted-path overrides."""
+    raw = load_raw(path)
+    if overrides:
+        if not isinstance(raw, dict):
+            raise InputError("scenario", str(path), "the file must hold a mapping")
+        raw = apply_overrides(raw, overrides)
+    return from_dict(raw)
+
+
+def to_dict(scenario: Scenario) -> dict:
+    """The scenario as a plain mapping (lists, not tuples) that :func:`from_dict` accepts."""
+
+    def plain(x):
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return plain(dataclasses.asdict(scenario))
+
+
+def override(scenario: Scenario, overrides: dict[str, Any]) -> Scenario:
+    """A new, re-validated scenario with dotted-path overrides: ``{"workload.gen_len": 8}``."""
+    return from_dict(apply_overrides(to_dict(scenario), overrides))
