@@ -72,6 +72,11 @@ _HIGHS_TIGHT = {
     "mip_feasibility_tolerance": TIGHT,
     "primal_feasibility_tolerance": TIGHT,
     "dual_feasibility_tolerance": TIGHT,
+    # Measured on 9 varied scenarios (2-core machine, HiGHS 1.16): presolve off halves
+    # the total MILP time (4.4 s -> 2.2 s; reference example 1.3 s -> 0.6 s). The model
+    # is small and already tight, so presolve mostly costs time. Override with
+    # solver.options: {presolve: "on"}.
+    "presolve": "off",
 }
 
 

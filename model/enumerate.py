@@ -1,0 +1,154 @@
+"""Exhaustive enumeration of the fixed-(g, N) LP: the baseline the MILP is measured against.
+
+For every ``(g, N)`` with ``g_lo <= g <= g_hi``, ``N_lo <= N <= N_hi`` and
+``g*N <= b_hi`` it solves the placement LP in absolute units (seconds per block,
+GiB), built straight from the accounting's linear forms as matrices and handed to
+``highspy`` (no Pyomo: a Pyomo build per LP would dominate the time). This is
+what the original script's grid search did, minus its heuristic shortcuts.
+
+``prune=True`` stops scanning ``N`` for a ``g`` at the first infeasible ``N``
+(and stops ``g`` when ``N = N_lo`` is infeasible). That is exact, not heuristic:
+every memory term is non-negative and grows with ``b`` and ``g``, so the
+feasible placements only shrink as ``N`` or ``g`` grows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+
+from .terms import DEVICES, MEMORY_KEYS, PHASES, PREFILL_GROUPS, DECODE_OVERLAPPED, TENSOR_KINDS, Accounting
+
+_VARS = [(k, d) for k in TENSOR_KINDS for d in DEVICES]  # 9 fractions, then T_prefill, T_overlap
+_IDX = {kd: i for i, kd in enumerate(_VARS)}
+_TP, _TQ = 9, 10
+
+
+@dataclass
+class EnumerationResult:
+    best_throughput: float | None
+    best_g: int | None
+    best_N: int | None
+    lps_solved: int
+    feasible: int
+    seconds: float
+    max_feasible_g: int = 0
+    max_feasible_b: int = 0
+
+
+def _row(acc: Accounting, q, g: int, b: int):
+    """Coefficients over the 9 fractions and the constant of quantity ``q`` at (g, b)."""
+    eff = acc.efficiency(g)
+    W = acc.layer_weights_gib
+    coef = np.zeros(11)
+    for d, c in q.block.items():
+        coef[_IDX[("weights", d)]] += W * c
+    for part, scale in ((q.sequence, b), (q.microbatch, g), (q.cpu_attention, b * eff)):
+        for kd, c in part.coef.items():
+            coef[_IDX[kd]] += scale * c
+    const = b * q.sequence.const + g * q.microbatch.const + b * eff * q.cpu_attention.const
+    return coef, const
+
+
+def solve_fixed_lp(acc: Accounting, g: int, N: int, capacity_gib: dict, alpha: dict,
+                   fixed_fractions=None, h: highspy.Highs | None = None):
+    """Minimum block time (s) and fractions at fixed ``(g, N)``; ``(None, None)`` if infeasible."""
+    b = g * N
+    l, n = acc.num_layers, acc.gen_len
+    rows, lo, hi = [], [], []
+    for k in TENSOR_KINDS:  # fractions sum to one
+        r = np.zeros(11)
+        for d in DEVICES:
+            r[_IDX[(k, d)]] = 1.0
+        rows.append(r), lo.append(1.0), hi.append(1.0)
+    t = {(ph, c): _row(acc, acc.time[(ph, c)], g, b) for ph in PHASES for c in acc_components(acc)}
+    for group in PREFILL_GROUPS.values():  # T_p >= sum of chain
+        r = np.zeros(11)
+        const = 0.0
+        for c in group:
+            r -= t[("prefill", c)][0]
+            const += t[("prefill", c)][1]
+        r[_TP] = 1.0
+        rows.append(r), lo.append(const), hi.append(np.inf)
+    for c in DECODE_OVERLAPPED:  # T_q >= component
+        r = -t[("decode", c)][0]
+        r[_TQ] = 1.0
+        rows.append(r), lo.append(t[("decode", c)][1]), hi.append(np.inf)
+    for key in MEMORY_KEYS:
+        coef, const = _row(acc, acc.memory[key], g, b)
+        rows.append(coef), lo.append(-np.inf), hi.append(alpha[key[0]] * capacity_gib[key[0]] - const)
+    ctog_coef, ctog_const = t[("decode", "ctog")]
+    cost = np.zeros(11)
+    cost[_TP] = l
+    cost[_TQ] = (n - 1) * l
+    cost += (n - 1) * l * ctog_coef
+    offset = (n - 1) * l * ctog_const
+    col_lo = np.zeros(11)
+    col_hi = np.array([1.0 if acc.allowed[kd] else 0.0 for kd in _VARS] + [np.inf, np.inf])
+    for kd, v in (fixed_fractions or {}).items():
+        col_lo[_IDX[kd]] = col_hi[_IDX[kd]] = v
+    A = np.array(rows)
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = 11, A.shape[0]
+    lp.col_cost_ = cost
+    lp.col_lower_, lp.col_upper_ = col_lo, col_hi
+    lp.row_lower_, lp.row_upper_ = np.array(lo), np.array(hi)
+    nz = np.nonzero(A.T)  # column-wise
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    starts = np.searchsorted(nz[0], np.arange(12))
+    lp.a_matrix_.start_ = starts
+    lp.a_matrix_.index_ = nz[1]
+    lp.a_matrix_.value_ = A.T[nz]
+    lp.offset_ = offset
+    if h is None:
+        h = _highs()
+    h.passModel(lp)
+    h.run()
+    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None, None
+    x = h.getSolution().col_value
+    return h.getInfo().objective_function_value, {kd: x[_IDX[kd]] for kd in _VARS}
+
+
+def acc_components(acc: Accounting):
+    return sorted({c for (_ph, c) in acc.time})
+
+
+def _highs() -> highspy.Highs:
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("primal_feasibility_tolerance", 1e-9)
+    h.setOptionValue("dual_feasibility_tolerance", 1e-9)
+    return h
+
+
+def enumerate_policies(acc: Accounting, capacity_gib: dict, alpha: dict, g_lo: int, g_hi: int, N_lo: int,
+                       N_hi: int, b_hi: int, fixed_fractions=None, prune: bool = False) -> EnumerationResult:
+    """Best throughput over every (g, N) in range by solving each fixed-(g, N) LP."""
+    t0 = time.perf_counter()
+    h = _highs()
+    best = (None, None, None)
+    solved = feasible = 0
+    max_g = max_b = 0
+    n = acc.gen_len
+    for g in range(g_lo, g_hi + 1):
+        any_feasible = False
+        for N in range(N_lo, min(N_hi, b_hi // g) + 1):
+            total, _x = solve_fixed_lp(acc, g, N, capacity_gib, alpha, fixed_fractions, h)
+            solved += 1
+            if total is None:
+                if prune:
+                    break
+                continue
+            feasible += 1
+            any_feasible = True
+            max_g, max_b = max(max_g, g), max(max_b, g * N)
+            tput = n * g * N / total
+            if best[0] is None or tput > best[0]:
+                best = (tput, g, N)
+        if prune and not any_feasible:
+            break
+    return EnumerationResult(best[0], best[1], best[2], solved, feasible, time.perf_counter() - t0, max_g, max_b)
