@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -227,10 +228,10 @@ def _case_id(case) -> str:
     return f"{dotted}={shown}"
 
 
-@pytest.mark.parametrize("dotted,value,expected", FIELD_CASES, ids=[_case_id(c) for c in FIELD_CASES])
-def test_bad_scenario_field(tmp_path, dotted, value, expected):
-    path = write_variant(tmp_path, dotted, value)
-    assert_bad_input(run_cli(path), *expected)
+@pytest.mark.parametrize("index", range(len(FIELD_CASES)), ids=[_case_id(c) for c in FIELD_CASES])
+def test_bad_scenario_field(batch, index):
+    _dotted, _value, expected = FIELD_CASES[index]
+    assert_bad_input(batch["field", index], *expected)
 
 
 # --------------------------------------------------------------------------- bad flags
@@ -275,9 +276,9 @@ FLAG_CASES = [
 ]
 
 
-@pytest.mark.parametrize("flags,expected", FLAG_CASES, ids=[" ".join(f) for f, _ in FLAG_CASES])
-def test_bad_flag(flags, expected):
-    assert_bad_input(run_cli(REFERENCE, *flags), *expected)
+@pytest.mark.parametrize("index", range(len(FLAG_CASES)), ids=[" ".join(f) for f, _ in FLAG_CASES])
+def test_bad_flag(batch, index):
+    assert_bad_input(batch["flag", index], *FLAG_CASES[index][1])
 
 
 def test_missing_scenario_argument():
@@ -303,10 +304,29 @@ ABSURD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("dotted,value", ABSURD_CASES, ids=[f"{d}={v!r}" for d, v in ABSURD_CASES])
-def test_absurd_finite_numbers_are_solved_or_rejected(tmp_path, dotted, value):
-    proc = run_cli(write_variant(tmp_path, dotted, value), "--json")
+@pytest.mark.parametrize("index", range(len(ABSURD_CASES)), ids=[f"{d}={v!r}" for d, v in ABSURD_CASES])
+def test_absurd_finite_numbers_are_solved_or_rejected(batch, index):
+    dotted, _value = ABSURD_CASES[index]
+    proc = batch["absurd", index]
     assert "Traceback" not in proc.stdout + proc.stderr, describe(proc)
     assert proc.returncode in (0, 2), describe(proc)
     if proc.returncode == 2:
         assert_bad_input(proc, dotted)
+
+
+# --------------------------------------------------------------------------- one batch, run concurrently
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> dict:
+    """Run every parametrized case once, a few subprocesses at a time (each pays Pyomo's import)."""
+    root = tmp_path_factory.mktemp("bad_scenarios")
+    jobs = {}
+    for i, (dotted, value, _) in enumerate(FIELD_CASES):
+        jobs["field", i] = (write_variant(root, dotted, value, name=f"field_{i}.yaml"),)
+    for i, (flags, _) in enumerate(FLAG_CASES):
+        jobs["flag", i] = (REFERENCE, *flags)
+    for i, (dotted, value) in enumerate(ABSURD_CASES):
+        jobs["absurd", i] = (write_variant(root, dotted, value, name=f"absurd_{i}.yaml"), "--json")
+    workers = min(8, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {key: pool.submit(run_cli, *args) for key, args in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
