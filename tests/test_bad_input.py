@@ -161,16 +161,12 @@ FIELD_CASES = [
     # unknown keys
     ("colour", "blue", ["colour", "blue"]),
     ("hardware.bandwidth_gib_per_s.foo", 3.5, ["hardware.bandwidth_gib_per_s.foo", "3.5"]),
-    ("model.num_expert", 8, ["model.num_expert", "8"]),
     # wrong types
     ("workload.prompt_len", "abc", ["workload.prompt_len", "abc"]),
     ("workload.prompt_len", 1.5, ["workload.prompt_len", "1.5"]),
-    ("workload.gen_len", [32], ["workload.gen_len", "32"]),
     ("workload.gen_len", True, ["workload.gen_len", "true"]),
     ("hardware.memory_gib.gpu", True, ["hardware.memory_gib.gpu", "true"]),
     ("hardware.memory_gib.cpu", "12abc", ["hardware.memory_gib.cpu", "12abc"]),
-    ("hardware.tflops.cpu", False, ["hardware.tflops.cpu", "false"]),
-    ("hardware.cpu_efficiency.c1", "abc", ["hardware.cpu_efficiency.c1", "abc"]),
     ("model.accounting", "nosuch", ["model.accounting", "nosuch"]),
     ("name", "", ["name", "''"]),
     ("hardware", 5, ["hardware", "5"]),
@@ -181,11 +177,9 @@ FIELD_CASES = [
     ("hardware.memory_gib.cpu", -1, ["hardware.memory_gib.cpu", "-1"]),
     ("hardware.memory_gib.disk", -0.5, ["hardware.memory_gib.disk", "-0.5"]),
     ("hardware.memory_gib.gpu", 0, ["hardware.memory_gib.gpu", "0"]),
-    ("hardware.memory_gib.gpu", -16, ["hardware.memory_gib.gpu", "-16"]),
     # bandwidths, FLOP rates, alphas
     ("hardware.bandwidth_gib_per_s.cpu_to_gpu", 0, ["hardware.bandwidth_gib_per_s.cpu_to_gpu", "0"]),
     ("hardware.bandwidth_gib_per_s.disk_to_cpu", -0.473, ["hardware.bandwidth_gib_per_s.disk_to_cpu", "-0.473"]),
-    ("hardware.bandwidth_gib_per_s.cpu_to_disk_decode", -2, ["hardware.bandwidth_gib_per_s.cpu_to_disk_decode", "-2"]),
     ("hardware.tflops.gpu_matmul_prefill", 0, ["hardware.tflops.gpu_matmul_prefill", "0"]),
     ("hardware.alpha.gpu", 0, ["hardware.alpha.gpu", "0"]),
     ("hardware.alpha.cpu", -0.9, ["hardware.alpha.cpu", "-0.9"]),
@@ -204,13 +198,11 @@ FIELD_CASES = [
     ("model.routing_probabilities", [0.1] * 8, ["model.routing_probabilities", "0.1"]),
     ("model.num_experts_per_token", 9, ["model.num_experts_per_token", "9"]),
     ("model.num_key_value_heads", 64, ["model.num_key_value_heads", "64"]),
-    ("model.hidden_size", 0, ["model.hidden_size", "0"]),
     # missing required parts
     ("hardware", DELETE, ["hardware"]),
     ("hardware.memory_gib", DELETE, ["hardware.memory_gib"]),
     ("hardware.bandwidth_gib_per_s", DELETE, ["hardware.bandwidth_gib_per_s"]),
     ("hardware.memory_gib.gpu", DELETE, ["hardware.memory_gib.gpu"]),
-    ("hardware.tflops.cpu", DELETE, ["hardware.tflops.cpu"]),
     # policy / search / solver sections in the file
     ("policy.percent", [1, 2, 3], ["policy.percent"]),
     ("policy.percent", [0, 100, 0, 100, 30, 30], ["policy.percent", "30"]),
@@ -218,7 +210,6 @@ FIELD_CASES = [
     ("search.max_gpu_batch_size", 0, ["search.max_gpu_batch_size", "0"]),
     ("solver.name", "nosuch", ["solver.name", "nosuch"]),
     ("solver.mip_gap", 1.5, ["solver.mip_gap", "1.5"]),
-    ("solver.time_limit_s", 0, ["solver.time_limit_s", "0"]),
 ]
 
 
@@ -245,23 +236,18 @@ FLAG_CASES = [
     (["--percent", "0", "100", "0", "100", "50", "40"], ["--percent", "50", "40"]),
     (["--percent", "0", "100", "0", "100", "0", "0"], ["--percent"]),
     (["--percent", "nan", "0", "0", "100", "0", "100"], ["--percent", "nan"]),
-    (["--percent", "inf", "0", "0", "100", "0", "100"], ["--percent", "inf"]),
     (["--percent", "1", "2", "3"], ["--percent", "6"]),
     (["--percent", "0", "100", "x", "100", "0", "100"], ["--percent", "x"]),
     (["--gpu-batch-size", "0"], ["--gpu-batch-size", "0"]),
-    (["--gpu-batch-size", "-1"], ["--gpu-batch-size", "-1"]),
     (["--num-gpu-batches", "-3"], ["--num-gpu-batches", "-3"]),
-    (["--num-gpu-batches", "0"], ["--num-gpu-batches", "0"]),
     (["--gpu-batch-size", "abc"], ["--gpu-batch-size", "abc"]),
     (["--num-gpu-batches", "2.5"], ["--num-gpu-batches", "2.5"]),
     (["--solver", "nosuch"], ["--solver", "nosuch"]),
-    (["--solver", ""], ["--solver"]),
     (["--gpu-mem", "0"], ["--gpu-mem", "0"]),
     (["--gpu-mem", "-1"], ["--gpu-mem", "-1"]),
     (["--gpu-mem", "inf"], ["--gpu-mem", "inf"]),
     (["--gpu-mem", "nan"], ["--gpu-mem", "nan"]),
     (["--gpu-mem", "1e400"], ["--gpu-mem", "inf"]),
-    (["--gpu-mem", "lots"], ["--gpu-mem", "lots"]),
     (["--cpu-mem", "-1"], ["--cpu-mem", "-1"]),
     (["--nvme-mem", "-5"], ["--nvme-mem", "-5"]),
     (["--prompt-len", "0"], ["--prompt-len", "0"]),
@@ -269,7 +255,6 @@ FLAG_CASES = [
     (["--alpha-g", "0"], ["--alpha-g", "0"]),
     (["--alpha-c", "11"], ["--alpha-c", "11"]),
     (["--alpha-n", "-0.8"], ["--alpha-n", "-0.8"]),
-    (["--time-limit", "0"], ["--time-limit", "0"]),
     (["--mip-gap", "1"], ["--mip-gap", "1"]),
     (["--threads", "0"], ["--threads", "0"]),
     (["--bogus-flag"], ["--bogus-flag"]),
@@ -297,9 +282,7 @@ def test_bad_input_with_json_flag():
 # Not a policy-level question: such inputs must either be solved (exit 0) or rejected as bad input
 # (exit 2, one line naming the field) -- never a crash, a traceback, or an unexplained solver failure.
 ABSURD_CASES = [
-    ("hardware.memory_gib.gpu", 1.0e300),
     ("hardware.memory_gib.cpu", 1.0e300),
-    ("hardware.memory_gib.disk", 1.0e300),
     ("hardware.bandwidth_gib_per_s.disk_to_cpu", 1.0e-300),
 ]
 
