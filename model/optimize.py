@@ -23,6 +23,7 @@ from . import solvers
 from .accounting import build_accounting
 from .bounds import SearchBounds, search_bounds
 from .build import ModelData, build_model
+from .families import batching
 from .errors import Infeasible, SolverError
 from .scenario import DEVICE_NAMES, Scenario
 from .terms import DEVICES, MEMORY_KEYS, SEQ_KINDS, TENSOR_KINDS, Accounting, Evaluation, evaluate, \
@@ -52,6 +53,7 @@ class Result:
     build_s: float = 0.0
     total_s: float = 0.0
     infeasible_reasons: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def throughput_tokens_per_s(self) -> float | None:
@@ -111,6 +113,26 @@ def evaluate_policy(sc: Scenario, g: int, N: int, percent) -> Result:
     return res
 
 
+def model_data(sc: Scenario) -> tuple[ModelData, SearchBounds]:
+    """The plain data of ``sc``'s MILP and its search bounds (raises :class:`Infeasible`)."""
+    acc = build_accounting(sc)
+    hw, pol = sc.hardware, sc.policy
+    capacity = {d: getattr(hw.memory_gib, d) for d in DEVICE_NAMES}
+    alpha = {d: getattr(hw.alpha, d) for d in DEVICE_NAMES}
+    fixed = _fixed_fractions(sc)
+    bounds = search_bounds(acc, capacity, alpha, fixed_fractions=fixed, fixed_g=pol.gpu_batch_size,
+                           fixed_N=pol.num_gpu_batches, max_g=sc.search.max_gpu_batch_size,
+                           max_N=sc.search.max_num_gpu_batches)
+    data = ModelData(accounting=acc, capacity_gib=capacity, alpha=alpha, g_lo=bounds.g_lo, g_hi=bounds.g_hi,
+                     N_lo=bounds.N_lo, N_hi=bounds.N_hi, b_hi=bounds.b_hi, fixed_fractions=fixed, name=sc.name)
+    return data, bounds
+
+
+def build_for(sc: Scenario) -> pyo.ConcreteModel:
+    """The Pyomo MILP that :func:`optimize` solves for ``sc`` (e.g. to write it to a file)."""
+    return build_model(model_data(sc)[0])
+
+
 def optimize(sc: Scenario) -> Result:
     """The throughput-optimal policy for ``sc`` (fixing what ``sc.policy`` fixes).
 
@@ -126,23 +148,15 @@ def optimize(sc: Scenario) -> Result:
         return res
     t_start = time.perf_counter()
     solvers.get_solver(sc.solver.name)  # fail fast on unknown / missing solvers
-    acc = build_accounting(sc)
-    hw = sc.hardware
-    capacity = {d: getattr(hw.memory_gib, d) for d in DEVICE_NAMES}
-    alpha = {d: getattr(hw.alpha, d) for d in DEVICE_NAMES}
-    fixed = _fixed_fractions(sc)
-    bounds = search_bounds(acc, capacity, alpha, fixed_fractions=fixed, fixed_g=pol.gpu_batch_size,
-                           fixed_N=pol.num_gpu_batches, max_g=sc.search.max_gpu_batch_size,
-                           max_N=sc.search.max_num_gpu_batches)
-    data = ModelData(accounting=acc, capacity_gib=capacity, alpha=alpha, g_lo=bounds.g_lo, g_hi=bounds.g_hi,
-                     N_lo=bounds.N_lo, N_hi=bounds.N_hi, b_hi=bounds.b_hi, fixed_fractions=fixed, name=sc.name)
+    data, bounds = model_data(sc)
+    acc, capacity = data.accounting, data.capacity_gib
     t0 = time.perf_counter()
     opts = dict(time_limit_s=sc.solver.time_limit_s, mip_gap=sc.solver.mip_gap, threads=sc.solver.threads,
                 options=sc.solver.options)
     if bounds.g_lo == bounds.g_hi and bounds.N_lo == bounds.N_hi:
         g, N = bounds.g_lo, bounds.N_lo
         lp, lp_res, build_s = _solve_fixed(data, g, N, sc, opts)
-        milp_res = lp_res
+        milp_res, notes = lp_res, []
     else:
         m = build_model(data)
         build_s = time.perf_counter() - t0
@@ -152,33 +166,121 @@ def optimize(sc: Scenario) -> Result:
                 raise Infeasible(_explain_infeasible(acc, data))
             raise SolverError(f"{milp_res.solver} stopped ({milp_res.termination}) without a policy "
                               f"after {milp_res.wall_s:.1f} s")
-        g = int(round(pyo.value(m.batching.gpu_batch_size)))
-        N = int(round(pyo.value(m.batching.num_gpu_batches)))
-        lp, lp_res, _ = _solve_fixed(data, g, N, sc, opts)
-        _check_agreement(milp_res, lp_res, sc.solver.mip_gap, g, N)
+        g, N = _batch_sizes(m)
+        lp, lp_res, g2, N2, notes = _resolve_with_repair(data, g, N, sc, opts)
+        if notes:
+            lp, lp_res, g2, N2, more = _certify(m, data, sc, opts, milp_res, (lp, lp_res, g2, N2), (g, N))
+            notes += more
+        else:
+            _check_agreement(milp_res, lp_res, sc.solver.mip_gap, g, N)
+        g, N = g2, N2
     fractions = _fractions(lp, g * N)
     ev = evaluate(acc, g, N, fractions)
     lp_time = lp_res.objective * g * N
     if not math.isclose(ev.total_s, lp_time, rel_tol=1e-6):
         raise SolverError(f"re-evaluated time {ev.total_s:.6f} s disagrees with the LP's {lp_time:.6f} s "
                           f"at g={g}, N={N}")
-    res = Result(scenario=sc, accounting=acc,
-                 status="optimal" if milp_res.termination == "optimal" else milp_res.termination,
+    res = Result(scenario=sc, accounting=acc, status=milp_res.termination,
                  gpu_batch_size=g, num_gpu_batches=N, fractions=fractions, evaluation=ev, solve=milp_res,
                  resolve=lp_res if lp_res is not milp_res else None, bounds=bounds, build_s=build_s)
     bad = capacity_violations(acc, g, N, fractions, capacity, res.usable_gib, slack=CAPACITY_SLACK)
     if bad:
         raise SolverError("solved policy violates capacity: " + "; ".join(bad))
     res.binding_bounds = _binding(bounds, g, N)
+    res.notes = notes
     res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(data, g, N, sc.solver.name, opts)
     res.total_s = time.perf_counter() - t_start
     return res
 
 
+def _batch_sizes(m) -> tuple[int, int]:
+    return int(round(pyo.value(m.batching.gpu_batch_size))), int(round(pyo.value(m.batching.num_gpu_batches)))
+
+
+def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, max_rounds: int = 20):
+    """Prove a repaired policy is within the gap, improving it if the solver finds better.
+
+    The solver's objective is optimistic when its (g, N) was infeasible by tolerances;
+    without a bound from the solver, ``objective * (1 - gap)`` still bounds the true
+    optimum from below (the solver solved a relaxation of our problem to that gap).
+    When that does not certify the repaired policy, the MILP is re-solved with a
+    cutoff ``t <= t_repaired * (1 - gap)`` and a no-good cut excluding each (g, N)
+    already tried: infeasible means certified; a new (g, N) is repaired and kept if
+    better. Returns the best (lp, result, g, N) and notes saying what happened.
+    """
+    gap = sc.solver.mip_gap
+    lp, lp_res, g, N = best
+    lower = milp.bound if milp.bound is not None else milp.objective * (1 - gap)
+    if lp_res.objective * (1 - gap) <= lower * (1 + 1e-9):
+        return lp, lp_res, g, N, [f"the repaired policy is within the gap of the solver's bound "
+                                   f"({100 * (1 - lower / lp_res.objective):.4f}%)"]
+    batching.exclude_batch_sizes(m, *first)
+    m.batching.cutoff = pyo.Constraint(expr=m.objective.time_per_seq_s <= lp_res.objective * (1 - gap),
+                                       doc="certification: strictly better than the repaired policy")
+    for _ in range(max_rounds):
+        r = solvers.solve(m, sc.solver.name, is_mip=True, **opts)
+        if r.termination == "infeasible":
+            return lp, lp_res, g, N, [f"certified by re-solving with a cutoff: nothing is better than "
+                                      f"{sc.workload.gen_len / lp_res.objective:.6g} tokens/s by more than the gap"]
+        if not r.has_solution:
+            break
+        tried = _batch_sizes(m)
+        batching.exclude_batch_sizes(m, *tried)
+        cand = _resolve_with_repair(data, *tried, sc, opts)
+        if cand[1].objective < lp_res.objective:
+            lp, lp_res, g, N = cand[:4]
+            m.batching.cutoff.set_value(m.objective.time_per_seq_s <= lp_res.objective * (1 - gap))
+    raise SolverError(f"{sc.solver.name}: could not certify the policy within the gap: the solver's tolerances "
+                      f"are too loose for this model (best found g={g}, N={N})")
+
+
+def _fixed_data(data: ModelData, g: int, N: int) -> ModelData:
+    return ModelData(**{**data.__dict__, "fixed_batch": (g, N), "g_lo": g, "g_hi": g, "N_lo": N, "N_hi": N})
+
+
+def _try_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
+    """The fixed-(g, N) LP and its result, or ``(None, result)`` when it has no optimal solution."""
+    lp = build_model(_fixed_data(data, g, N))
+    res = solvers.solve(lp, sc.solver.name, is_mip=False, **opts)
+    return (lp if res.has_solution and res.termination == "optimal" else None), res
+
+
+def _resolve_with_repair(data: ModelData, g: int, N: int, sc: Scenario, opts):
+    """Re-solve the LP at the MILP's (g, N); if that is infeasible in exact arithmetic, repair.
+
+    A binary expansion multiplies the solver's integrality and feasibility tolerances
+    by up to 2^k (DESIGN.md 2.5), and some solvers (glpsol) do not let us tighten them,
+    so the MILP may return an (g, N) that is infeasible by a hair. Feasibility is
+    monotone in N (every memory term grows with b), so the largest feasible N' < N
+    for the same g (or a smaller g) is found by bisection. The caller then checks
+    that the repaired policy is still within the gap of the MILP's objective/bound.
+    """
+    lp, res = _try_fixed(data, g, N, sc, opts)
+    if lp is not None:
+        return lp, res, g, N, []
+    for g2 in range(g, max(data.g_lo, g - 2) - 1, -1):
+        n_lo, n_hi = data.N_lo, (N if g2 == g else min(data.N_hi, data.b_hi // g2) + 1)
+        best = _try_fixed(data, g2, n_lo, sc, opts)
+        if best[0] is None:
+            continue
+        best_n = n_lo
+        while n_hi - n_lo > 1:  # invariant: n_lo feasible, n_hi infeasible
+            mid = (n_lo + n_hi) // 2
+            cand = _try_fixed(data, g2, mid, sc, opts)
+            if cand[0] is not None:
+                n_lo, best, best_n = mid, cand, mid
+            else:
+                n_hi = mid
+        note = (f"the solver's choice g={g}, N={N} does not fit in exact arithmetic (solver tolerances); "
+                f"repaired to the largest feasible g={g2}, N={best_n}")
+        return best[0], best[1], g2, best_n, [note]
+    raise SolverError(f"{sc.solver.name}: the MILP's g={g}, N={N} is infeasible and no nearby (g, N) fits: "
+                      f"the solver's tolerances are too loose for this model ({res.termination})")
+
+
 def _solve_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
     t0 = time.perf_counter()
-    fixed_data = ModelData(**{**data.__dict__, "fixed_batch": (g, N), "g_lo": g, "g_hi": g, "N_lo": N,
-                              "N_hi": N})
+    fixed_data = _fixed_data(data, g, N)
     lp = build_model(fixed_data)
     build_s = time.perf_counter() - t0
     res = solvers.solve(lp, sc.solver.name, is_mip=False, **opts)

@@ -80,6 +80,7 @@ def to_json(res: Result) -> dict[str, Any]:
     }
     if res.infeasible_reasons:
         out["infeasible"] = list(res.infeasible_reasons)
+    out["notes"] = list(res.notes)
     return out
 
 
@@ -93,6 +94,10 @@ def to_text(res: Result) -> str:
         f"disk {res.capacity_gib['disk']:g} GiB",
         "",
     ]
+    if res.solve is not None and res.status not in ("optimal", "evaluated"):
+        gap = "unknown" if res.solve.gap is None else f"{100 * res.solve.gap:.2f}%"
+        lines += [f"NOTE: the solver stopped early ({res.status}): this is the best policy found, "
+                  f"not proven optimal; gap to the best bound {gap}.", ""]
     if res.gpu_batch_size is not None:
         lines += [
             f"Policy ({res.status})",
@@ -140,12 +145,13 @@ def to_text(res: Result) -> str:
                                        else "no search bound is binding"))
     if res.solve is not None:
         s = res.solve
-        gap = "n/a" if s.gap is None else f"{100 * s.gap:.4f}%"
+        gap = "not reported by the solver" if s.gap is None else f"{100 * s.gap:.4f}%"
         resolve = f" + LP re-solve {res.resolve.wall_s:.3f} s" if res.resolve else ""
         lines.append(f"Solver      {s.solver} {s.version}: {s.termination}, gap {gap}, "
                      f"solve {s.wall_s:.3f} s{resolve}, build {res.build_s:.3f} s, total {res.total_s:.3f} s")
     else:
         lines.append(f"Solver      none (policy evaluated from the formulas in {res.total_s * 1000:.1f} ms)")
+    lines += [f"Note        {n}" for n in res.notes]
     flags = flexllmgen_flags(res)
     if flags:
         lines.append(f"FlexLLMGen  {flags}")

@@ -13,6 +13,8 @@ feasibility and integrality tolerances of about 1e-9.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -120,10 +122,115 @@ def _run_contrib(pyomo_name: str, label: str, tight: dict[str, Any]):
     return run
 
 
+# --------------------------------------------------------------------------- legacy (pyomo.opt) solvers
+_INTEGER_TIME_LIMIT = {"glpk"}  # glpsol --tmlim takes whole seconds
+
+
+@contextlib.contextmanager
+def _quiet_pyomo():
+    """Pyomo logs solver failures itself; we report them once, as one line."""
+    logger = logging.getLogger("pyomo")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _legacy_available(pyomo_name: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return bool(pyo.SolverFactory(pyomo_name).available(exception_flag=False))
+        except Exception:  # noqa: BLE001
+            return False
+    return check
+
+
+def _run_legacy(pyomo_name: str, label: str, names: dict[str, str | None], tight: dict[str, Any]):
+    """A ``pyomo.opt`` solver; ``names`` maps time_limit/mip_gap/threads onto its own option names."""
+
+    def run(model, *, time_limit_s: float, mip_gap: float, threads: int | None,
+            options: dict[str, Any], is_mip: bool) -> SolveResult:
+        from pyomo.opt import SolutionStatus, TerminationCondition as TC
+
+        solver = pyo.SolverFactory(pyomo_name)
+        opts = dict(tight)
+        if names.get("time_limit"):
+            opts[names["time_limit"]] = int(math.ceil(time_limit_s)) if label in _INTEGER_TIME_LIMIT else time_limit_s
+        if names.get("mip_gap") and is_mip:
+            opts[names["mip_gap"]] = mip_gap
+        if names.get("threads") and threads:
+            opts[names["threads"]] = threads
+        opts.update(options)
+        solver.options.update(opts)
+        t0 = time.perf_counter()
+        with _quiet_pyomo():
+            res = solver.solve(model, load_solutions=False, tee=False)
+        wall = time.perf_counter() - t0
+        tc = res.solver.termination_condition
+        term = {
+            TC.optimal: "optimal", TC.globallyOptimal: "optimal", TC.locallyOptimal: "optimal",
+            TC.maxTimeLimit: "time_limit", TC.infeasible: "infeasible", TC.infeasibleOrUnbounded: "infeasible",
+            TC.unbounded: "unbounded", TC.maxIterations: "iteration_limit", TC.userInterrupt: "interrupted",
+        }.get(tc, "error")
+        if tc == TC.feasible and str(res.solver.status) == "ok":
+            # glpsol reports a MIP that stopped at its relative gap as merely "feasible";
+            # when it stopped at the time limit it says so (maxTimeLimit) instead.
+            term = "optimal" if wall < time_limit_s else "time_limit"
+        has = len(res.solution) > 0 and res.solution(0).status in (
+            SolutionStatus.optimal, SolutionStatus.feasible, SolutionStatus.stoppedByLimit, SolutionStatus.other,
+            SolutionStatus.locallyOptimal, SolutionStatus.globallyOptimal, SolutionStatus.bestSoFar)
+        if term == "infeasible":
+            has = False
+        obj = bound = None
+        if has:
+            model.solutions.load_from(res)
+            obj = pyo.value(next(model.component_data_objects(pyo.Objective, active=True)))
+            lb = res.problem.lower_bound
+            bound = float(lb) if lb is not None and math.isfinite(float(lb)) else None
+            if term == "optimal" and (bound is None or not is_mip):
+                bound = obj if not is_mip else bound
+        version = solver.version()
+        version = ".".join(str(x) for x in version) if version else "?"
+        return SolveResult(solver=label, version=version, termination=term, has_solution=has,
+                           objective=obj, bound=bound, gap=_gap(obj, bound), wall_s=wall, message=str(tc))
+    return run
+
+
 SOLVERS: dict[str, SolverSpec] = {
     "highs": SolverSpec("highs", "pip install highspy",
                         _run_contrib("highs", "highs", _HIGHS_TIGHT), _contrib_available("highs")),
+    "cbc": SolverSpec("cbc", "apt-get install coinor-cbc (Debian/Ubuntu) or conda install -c conda-forge coin-or-cbc",
+                      _run_legacy("cbc", "cbc", {"time_limit": "sec", "mip_gap": "ratio", "threads": "threads"},
+                                  {"primalTolerance": TIGHT, "integerTolerance": TIGHT}),
+                      _legacy_available("cbc")),
+    "glpk": SolverSpec("glpk", "apt-get install glpk-utils (Debian/Ubuntu) or conda install -c conda-forge glpk",
+                       _run_legacy("glpk", "glpk", {"time_limit": "tmlim", "mip_gap": "mipgap"}, {}),
+                       _legacy_available("glpk")),
+    "scip": SolverSpec("scip", "pip install pyscipopt",
+                       _run_contrib("scip_direct", "scip", {"numerics/feastol": TIGHT}),
+                       _contrib_available("scip_direct")),
+    "gurobi": SolverSpec("gurobi", "pip install gurobipy (a licence is needed beyond the size-limited one)",
+                         _run_contrib("gurobi_direct", "gurobi",
+                                      {"FeasibilityTol": TIGHT, "IntFeasTol": TIGHT, "OptimalityTol": TIGHT}),
+                         _contrib_available("gurobi_direct")),
+    "cplex": SolverSpec("cplex", "pip install cplex (the community edition is size-limited)",
+                        _run_legacy("cplex_direct", "cplex",
+                                    {"time_limit": "timelimit", "mip_gap": "mip_tolerances_mipgap",
+                                     "threads": "threads"},
+                                    {"simplex_tolerances_feasibility": TIGHT, "mip_tolerances_integrality": TIGHT}),
+                        _legacy_available("cplex_direct")),
+    "xpress": SolverSpec("xpress", "pip install xpress (the community licence is size-limited)",
+                         _run_legacy("xpress_direct", "xpress",
+                                     {"time_limit": "maxtime", "mip_gap": "miprelstop", "threads": "threads"},
+                                     {"feastol": TIGHT, "miptol": TIGHT}),
+                         _legacy_available("xpress_direct")),
 }
+
+# Messages by which size-limited (community / restricted) licences refuse a model.
+_SIZE_LIMIT_HINTS = ("size-limited", "size limit", "community edition", "restricted license",
+                     "model too large", "problem size limits")
 
 
 def get_solver(name: str) -> SolverSpec:
@@ -148,4 +255,8 @@ def solve(model: pyo.ConcreteModel, name: str, *, time_limit_s: float, mip_gap: 
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - report any solver crash as one line
-        raise SolverError(f"{spec.name} failed: {exc.__class__.__name__}: {exc}") from exc
+        text = " ".join(str(exc).split())
+        if any(h in text.lower() for h in _SIZE_LIMIT_HINTS):
+            raise SolverError(f"{spec.name}: the installed licence is size-limited and refused this model "
+                              f"({text[:200]}); use a full licence or another solver") from exc
+        raise SolverError(f"{spec.name} failed: {exc.__class__.__name__}: {text[:300]}") from exc

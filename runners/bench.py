@@ -16,13 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from model import load_scenario
-from model.accounting import build_accounting
-from model.bounds import search_bounds
-from model.build import ModelData, build_model
-from model import solvers
+from model import load_scenario, solvers
+from model.build import build_model
 from model.enumerate import enumerate_policies
-from model.scenario import DEVICE_NAMES
+from model.optimize import model_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,20 +28,15 @@ def milp_once(sc):
     """(build seconds, solve seconds, throughput, g, N) for one MILP solve of ``sc``."""
     import pyomo.environ as pyo
 
-    acc = build_accounting(sc)
-    cap = {d: getattr(sc.hardware.memory_gib, d) for d in DEVICE_NAMES}
-    alpha = {d: getattr(sc.hardware.alpha, d) for d in DEVICE_NAMES}
     t0 = time.perf_counter()
-    bd = search_bounds(acc, cap, alpha, max_g=sc.search.max_gpu_batch_size, max_N=sc.search.max_num_gpu_batches)
-    data = ModelData(accounting=acc, capacity_gib=cap, alpha=alpha, g_lo=bd.g_lo, g_hi=bd.g_hi, N_lo=bd.N_lo,
-                     N_hi=bd.N_hi, b_hi=bd.b_hi)
+    data, bd = model_data(sc)
     m = build_model(data)
     build_s = time.perf_counter() - t0
     r = solvers.solve(m, sc.solver.name, time_limit_s=sc.solver.time_limit_s, mip_gap=sc.solver.mip_gap,
                       threads=sc.solver.threads, options=sc.solver.options)
     g = int(round(pyo.value(m.batching.gpu_batch_size)))
     N = int(round(pyo.value(m.batching.num_gpu_batches)))
-    return build_s, r.wall_s, sc.workload.gen_len / r.objective, g, N, r, (acc, cap, alpha, bd)
+    return build_s, r.wall_s, sc.workload.gen_len / r.objective, g, N, r, (data, bd)
 
 
 def main(argv=None) -> int:
@@ -67,10 +59,11 @@ def main(argv=None) -> int:
             runs = [milp_once(sc) for _ in range(args.repeats)]
             build = statistics.median(r[0] for r in runs)
             solve = statistics.median(r[1] for r in runs)
-            _, _, tput, g, N, res, (acc, cap, alpha, bd) = runs[0]
+            _, _, tput, g, N, res, (data, bd) = runs[0]
             enum = ""
             if not args.no_enumeration and name in (None, names[0]):
-                e = enumerate_policies(acc, cap, alpha, bd.g_lo, bd.g_hi, bd.N_lo, bd.N_hi, bd.b_hi)
+                e = enumerate_policies(data.accounting, data.capacity_gib, data.alpha, bd.g_lo, bd.g_hi, bd.N_lo,
+                                       bd.N_hi, bd.b_hi, data.fixed_fractions)
                 ratio = e.seconds / (build + solve)
                 enum = f" {e.seconds:8.2f} {e.lps_solved:7d} {ratio:8.1f}x"
                 if e.best_throughput is None or abs(e.best_throughput - tput) > sc.solver.mip_gap * e.best_throughput \

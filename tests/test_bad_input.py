@@ -131,6 +131,7 @@ def test_malformed_yaml_unbalanced_bracket(tmp_path):
 
 def test_malformed_yaml_tab_indentation(tmp_path):
     text = REFERENCE.read_text(encoding="utf-8")
+    assert "\n  prompt_len: 512" in text
     path = tmp_path / "tabs.yaml"
     path.write_text(text.replace("  prompt_len: 512", "\tprompt_len: 512"), encoding="utf-8")
     assert_bad_input(run_cli(path), str(path))
@@ -278,10 +279,14 @@ def test_bad_input_with_json_flag():
         json.loads(proc.stdout)
 
 
-# --------------------------------------------------------------------------- absurd but finite numbers
-# Not a policy-level question: such inputs must either be solved (exit 0) or rejected as bad input
-# (exit 2, one line naming the field) -- never a crash, a traceback, or an unexplained solver failure.
+# --------------------------------------------------------------------------- huge or tiny finite numbers
+# Such inputs must either be solved (exit 0) or rejected as bad input (exit 2, one line naming the
+# field) -- never a traceback, a solver crash, or a wrong "infeasible": the reference scenario is
+# feasible with 200 GiB of CPU memory, so more CPU memory can only keep it feasible.
 ABSURD_CASES = [
+    ("hardware.memory_gib.cpu", 1.0e6),    # more CPU memory than the reference can only help
+    ("hardware.memory_gib.cpu", 1.0e8),
+    ("hardware.memory_gib.cpu", 1.0e15),
     ("hardware.memory_gib.cpu", 1.0e300),
     ("hardware.bandwidth_gib_per_s.disk_to_cpu", 1.0e-300),
 ]

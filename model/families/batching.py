@@ -329,3 +329,24 @@ def _add_efficiency(m, blk, data) -> None:
     _split_fractions(m, blk, blk.EFFICIENCY_CHOICES, m.placement.fraction, blk.efficiency_choice)
 
 
+
+
+def exclude_batch_sizes(m, g: int, N: int) -> None:
+    """Add a no-good cut that forbids the pair (g, N) (used to certify repaired policies).
+
+    Over the binary encoding of (g, N): at least one of its bits must differ.
+    """
+    blk = m.batching
+    if not hasattr(blk, "excluded"):
+        blk.excluded = pyo.ConstraintList(doc="No-good cuts: (g, N) pairs already examined")
+    terms = []
+    for k in blk.N_BITS:
+        z = blk.num_gpu_batches_bit[k]
+        terms.append(1 - z if (N >> k) & 1 else z)
+    if hasattr(blk, "batch_size_is"):
+        terms.append(1 - blk.batch_size_is[g])
+    else:
+        for j in blk.G_BITS:
+            y = blk.gpu_batch_size_bit[j]
+            terms.append(1 - y if (g >> j) & 1 else y)
+    blk.excluded.add(sum(terms) >= 1)
