@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
+from .solvers import quiet_highs
 from .terms import DEVICES, MEMORY_KEYS, PHASES, PREFILL_GROUPS, DECODE_OVERLAPPED, TENSOR_KINDS, Accounting
 
 _VARS = [(k, d) for k in TENSOR_KINDS for d in DEVICES]  # 9 fractions, then T_prefill, T_overlap
@@ -118,8 +119,7 @@ def acc_components(acc: Accounting):
 
 
 def _highs() -> highspy.Highs:
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = quiet_highs()
     h.setOptionValue("primal_feasibility_tolerance", 1e-9)
     h.setOptionValue("dual_feasibility_tolerance", 1e-9)
     return h

@@ -49,6 +49,7 @@ class Result:
     bounds: SearchBounds | None = None
     binding_bounds: list[str] = field(default_factory=list)
     flexllmgen_percent: tuple[int, ...] | None = None
+    flexllmgen_num_gpu_batches: int | None = None      # N for the flags (< N when rounding needs room)
     flexllmgen_throughput: float | None = None
     build_s: float = 0.0
     total_s: float = 0.0
@@ -105,6 +106,7 @@ def evaluate_policy(sc: Scenario, g: int, N: int, percent) -> Result:
                  fractions=p, evaluation=ev, flexllmgen_percent=tuple(int(round(x)) for x in percent)
                  if all(float(x).is_integer() for x in percent) else None)
     res.flexllmgen_throughput = ev.throughput_tokens_per_s if res.flexllmgen_percent else None
+    res.flexllmgen_num_gpu_batches = N
     bad = capacity_violations(acc, g, N, p, res.capacity_gib, res.usable_gib, slack=1e-12)
     if bad:
         res.status = "infeasible"
@@ -147,7 +149,7 @@ def optimize(sc: Scenario) -> Result:
             raise Infeasible(res.infeasible_reasons)
         return res
     t_start = time.perf_counter()
-    solvers.get_solver(sc.solver.name)  # fail fast on unknown / missing solvers
+    solvers.check_options(sc.solver.name, sc.solver.options)  # fail fast: unknown solver, missing, bad option
     data, bounds = model_data(sc)
     acc, capacity = data.accounting, data.capacity_gib
     t0 = time.perf_counter()
@@ -188,7 +190,8 @@ def optimize(sc: Scenario) -> Result:
         raise SolverError("solved policy violates capacity: " + "; ".join(bad))
     res.binding_bounds = _binding(bounds, g, N)
     res.notes = notes
-    res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(data, g, N, sc.solver.name, opts)
+    res.flexllmgen_num_gpu_batches, res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(
+        data, g, N, sc.solver.name, opts)
     res.total_s = time.perf_counter() - t_start
     return res
 
@@ -231,7 +234,9 @@ def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, max_roun
             lp, lp_res, g, N = cand[:4]
             m.batching.cutoff.set_value(m.objective.time_per_seq_s <= lp_res.objective * (1 - gap))
     raise SolverError(f"{sc.solver.name}: could not certify the policy within the gap: the solver's tolerances "
-                      f"are too loose for this model (best found g={g}, N={N})")
+                      f"are too loose for this model (best found g={g}, N={N}, "
+                      f"{sc.workload.gen_len / lp_res.objective:.6g} tokens/s); try a larger solver.mip_gap "
+                      f"or another solver")
 
 
 def _fixed_data(data: ModelData, g: int, N: int) -> ModelData:
@@ -329,16 +334,35 @@ def _binding(bounds: SearchBounds, g: int, N: int) -> list[str]:
     return out
 
 
-def integer_percents(data: ModelData, g: int, N: int, solver: str, opts) -> tuple:
-    """FlexLLMGen's six integer percents that fit, with the best throughput at ``(g, N)``.
+def integer_percents(data: ModelData, g: int, N: int, solver: str, opts):
+    """FlexLLMGen's flags: six integer percents that fit, with the best throughput.
 
-    Solves the fixed-(g, N) model once more with every percent an integer in 0..100
-    (a small MIP), then re-evaluates that policy from the formulas. Returns
-    ``(percent, throughput)`` or ``(None, None)`` when no integer percents fit.
+    First at the policy's own ``(g, N)``; when no integer percents fit there (the
+    continuous optimum often fills a capacity exactly), at the largest ``N' < N``
+    where some do (feasibility is monotone in N, so bisection finds it).
+    Returns ``(N', percent, throughput)`` or ``(None, None, None)``.
     """
-    fixed_data = ModelData(**{**data.__dict__, "fixed_batch": (g, N), "g_lo": g, "g_hi": g, "N_lo": N,
-                              "N_hi": N})
-    m = build_model(fixed_data)
+    found = _integer_percents_at(data, g, N, solver, opts)
+    if found is not None:
+        return (N, *found)
+    lo, hi, best = data.N_lo, N, None
+    first = _integer_percents_at(data, g, lo, solver, opts)
+    if first is None:
+        return None, None, None
+    best = (lo, *first)
+    while hi - lo > 1:  # invariant: lo has integer percents, hi has none
+        mid = (lo + hi) // 2
+        cand = _integer_percents_at(data, g, mid, solver, opts)
+        if cand is None:
+            hi = mid
+        else:
+            lo, best = mid, (mid, *cand)
+    return best
+
+
+def _integer_percents_at(data: ModelData, g: int, N: int, solver: str, opts):
+    """Best integer percents at fixed ``(g, N)`` by a small MIP, re-checked exactly; None if none fit."""
+    m = build_model(_fixed_data(data, g, N))
     m.integer_percent = blk = pyo.Block(doc="FlexLLMGen's integer percents")
     blk.percent = pyo.Var(m.TENSOR_KINDS, m.DEVICES, domain=pyo.Integers, bounds=(0, 100),
                           doc="Percent of a tensor kind on a device")
@@ -353,14 +377,14 @@ def integer_percents(data: ModelData, g: int, N: int, solver: str, opts) -> tupl
         * m.batching.per_block, doc="p[weights, d] / b = percent / 100 * u")
     r = solvers.solve(m, solver, is_mip=True, **{**opts, "mip_gap": 1e-6})
     if not r.has_solution:
-        return None, None
+        return None
     pct = {(k, d): int(round(pyo.value(blk.percent[k, d]))) for k in TENSOR_KINDS for d in DEVICES}
     six = tuple(x for k in TENSOR_KINDS for x in (pct[(k, "gpu")], pct[(k, "cpu")]))
     acc = data.accounting
     p = fractions_from_percent(six)
     usable = {d: data.alpha[d] * data.capacity_gib[d] for d in DEVICES}
-    if capacity_violations(acc, g, N, p, data.capacity_gib, usable, slack=CAPACITY_SLACK):
-        return None, None
+    if capacity_violations(acc, g, N, p, data.capacity_gib, usable, slack=1e-12):
+        return None
     return six, evaluate(acc, g, N, p).throughput_tokens_per_s
 
 

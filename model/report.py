@@ -15,7 +15,7 @@ def flexllmgen_flags(res: Result) -> str | None:
     if res.flexllmgen_percent is None or res.gpu_batch_size is None:
         return None
     pct = " ".join(str(int(x)) for x in res.flexllmgen_percent)
-    return f"--gpu-batch-size {res.gpu_batch_size} --num-gpu-batches {res.num_gpu_batches} --percent {pct}"
+    return f"--gpu-batch-size {res.gpu_batch_size} --num-gpu-batches {res.flexllmgen_num_gpu_batches} --percent {pct}"
 
 
 def to_json(res: Result) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def to_json(res: Result) -> dict[str, Any]:
                                 "binding": list(res.binding_bounds)}
     flags = flexllmgen_flags(res)
     out["flexllmgen"] = None if flags is None else {
-        "gpu_batch_size": res.gpu_batch_size, "num_gpu_batches": res.num_gpu_batches,
+        "gpu_batch_size": res.gpu_batch_size, "num_gpu_batches": res.flexllmgen_num_gpu_batches,
         "percent": list(res.flexllmgen_percent), "throughput_tokens_per_s": res.flexllmgen_throughput,
         "flags": flags,
     }
@@ -156,9 +156,11 @@ def to_text(res: Result) -> str:
     if flags:
         lines.append(f"FlexLLMGen  {flags}")
         if res.flexllmgen_throughput is not None and res.solve is not None:
-            lines.append(f"            ({res.flexllmgen_throughput:.4f} tokens/s with these integer percents)")
+            fewer = "" if res.flexllmgen_num_gpu_batches == res.num_gpu_batches else \
+                f"; no integer percents fit at N={res.num_gpu_batches}, so N is lowered"
+            lines.append(f"            ({res.flexllmgen_throughput:.4f} tokens/s with these integer percents{fewer})")
     elif res.gpu_batch_size is not None:
-        lines.append("FlexLLMGen  no integer percents fit at this batch size")
+        lines.append("FlexLLMGen  no integer percents fit at this GPU batch size")
     if res.infeasible_reasons:
         lines.append("")
         lines += [f"Infeasible: {r}" for r in res.infeasible_reasons]

@@ -28,6 +28,14 @@ from .schema import build, rule
 
 DEVICE_NAMES = ("gpu", "cpu", "disk")
 
+# Sanity ranges: far beyond any real machine or model, but small enough that the
+# model's coefficients stay representable (a 1e300 GiB memory is a typo, not a plan).
+MEMORY_MAX_GIB = 1e5            # 100 TiB per device
+BANDWIDTH_RANGE = (1e-4, 1e4)   # GiB/s: 100 KiB/s .. 10 TiB/s
+TFLOPS_RANGE = (1e-6, 1e5)      # TFLOP/s
+LENGTH_MAX = 10**6              # tokens
+ARCH_MAX = 10**7                # any architecture number
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -35,15 +43,15 @@ class ModelSpec:
 
     name: str = "Mixtral-8x7B"
     accounting: Literal["flexllmgen"] = "flexllmgen"
-    num_layers: int = field(default=32, metadata=rule(ge=1, doc="transformer layers l"))
-    hidden_size: int = field(default=4096, metadata=rule(ge=1, doc="h1"))
-    intermediate_size: int = field(default=14336, metadata=rule(ge=1, doc="expert MLP width h2"))
-    num_attention_heads: int = field(default=32, metadata=rule(ge=1, doc="nh"))
-    num_key_value_heads: int = field(default=8, metadata=rule(ge=1, doc="nkv (GQA)"))
-    head_dim: int = field(default=128, metadata=rule(ge=1, doc="hd"))
-    num_experts: int = field(default=8, metadata=rule(ge=1, doc="E"))
-    num_experts_per_token: int = field(default=2, metadata=rule(ge=1, doc="top-k"))
-    vocab_size: int = field(default=32000, metadata=rule(ge=1))
+    num_layers: int = field(default=32, metadata=rule(ge=1, le=ARCH_MAX, doc="transformer layers l"))
+    hidden_size: int = field(default=4096, metadata=rule(ge=1, le=ARCH_MAX, doc="h1"))
+    intermediate_size: int = field(default=14336, metadata=rule(ge=1, le=ARCH_MAX, doc="expert MLP width h2"))
+    num_attention_heads: int = field(default=32, metadata=rule(ge=1, le=ARCH_MAX, doc="nh"))
+    num_key_value_heads: int = field(default=8, metadata=rule(ge=1, le=ARCH_MAX, doc="nkv (GQA)"))
+    head_dim: int = field(default=128, metadata=rule(ge=1, le=ARCH_MAX, doc="hd"))
+    num_experts: int = field(default=8, metadata=rule(ge=1, le=ARCH_MAX, doc="E"))
+    num_experts_per_token: int = field(default=2, metadata=rule(ge=1, le=ARCH_MAX, doc="top-k"))
+    vocab_size: int = field(default=32000, metadata=rule(ge=1, le=ARCH_MAX))
     routing_probabilities: list[float] | None = field(
         default=None, metadata=rule(ge=0.0, le=1.0, doc="per-token probability of each expert; default uniform k/E")
     )
@@ -52,8 +60,8 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Workload:
-    prompt_len: int = field(default=512, metadata=rule(ge=1, doc="s, tokens"))
-    gen_len: int = field(default=32, metadata=rule(ge=1, doc="n, generated tokens per sequence"))
+    prompt_len: int = field(default=512, metadata=rule(ge=1, le=LENGTH_MAX, doc="s, tokens"))
+    gen_len: int = field(default=32, metadata=rule(ge=1, le=LENGTH_MAX, doc="n, generated tokens per sequence"))
 
 
 @dataclass(frozen=True)
@@ -67,9 +75,9 @@ class PerDevice:
 class Memory:
     """Capacities in GiB. The GPU must have some; CPU or disk may be 0 (absent)."""
 
-    gpu: float = field(metadata=rule(gt=0))
-    cpu: float = field(metadata=rule(ge=0))
-    disk: float = field(metadata=rule(ge=0))
+    gpu: float = field(metadata=rule(gt=0, le=MEMORY_MAX_GIB))
+    cpu: float = field(metadata=rule(ge=0, le=MEMORY_MAX_GIB))
+    disk: float = field(metadata=rule(ge=0, le=MEMORY_MAX_GIB))
 
 
 @dataclass(frozen=True)
@@ -85,33 +93,33 @@ class Alpha:
 class Bandwidth:
     """Link rates in GiB/s (reference names in brackets)."""
 
-    cpu_to_gpu: float = field(metadata=rule(gt=0, doc="[ctog_bdw]"))
-    gpu_to_cpu_cache: float = field(metadata=rule(gt=0, doc="[gtoc_bdw_cache]"))
-    gpu_to_cpu_hidden: float = field(metadata=rule(gt=0, doc="[gtoc_bdw_hidden]"))
-    disk_to_cpu: float = field(metadata=rule(gt=0, doc="[dtoc_bdw]"))
-    cpu_to_disk_cache_prefill: float = field(metadata=rule(gt=0, doc="[ctod_bdw_cache_p]"))
-    cpu_to_disk_hidden_prefill: float = field(metadata=rule(gt=0, doc="[ctod_bdw_hidden_p]"))
-    cpu_to_disk_decode: float = field(metadata=rule(gt=0, doc="[ctod_bdw_g]"))
+    cpu_to_gpu: float = field(metadata=rule(ge=BANDWIDTH_RANGE[0], le=BANDWIDTH_RANGE[1], doc="[ctog_bdw]"))
+    gpu_to_cpu_cache: float = field(metadata=rule(ge=BANDWIDTH_RANGE[0], le=BANDWIDTH_RANGE[1], doc="[gtoc_bdw_cache]"))
+    gpu_to_cpu_hidden: float = field(metadata=rule(ge=BANDWIDTH_RANGE[0], le=BANDWIDTH_RANGE[1], doc="[gtoc_bdw_hidden]"))
+    disk_to_cpu: float = field(metadata=rule(ge=BANDWIDTH_RANGE[0], le=BANDWIDTH_RANGE[1], doc="[dtoc_bdw]"))
+    cpu_to_disk_cache_prefill: float = field(metadata=rule(ge=BANDWIDTH_RANGE[0], le=BANDWIDTH_RANGE[1], doc="[ctod_bdw_cache_p]"))
+    cpu_to_disk_hidden_prefill: float = field(metadata=rule(ge=BANDWIDTH_RANGE[0], le=BANDWIDTH_RANGE[1], doc="[ctod_bdw_hidden_p]"))
+    cpu_to_disk_decode: float = field(metadata=rule(ge=BANDWIDTH_RANGE[0], le=BANDWIDTH_RANGE[1], doc="[ctod_bdw_g]"))
 
 
 @dataclass(frozen=True)
 class Compute:
     """Effective FLOP rates in TFLOP/s (reference names in brackets)."""
 
-    gpu_matmul_prefill: float = field(metadata=rule(gt=0, doc="[mm_flops_p]"))
-    gpu_matmul_decode: float = field(metadata=rule(gt=0, doc="[mm_flops_g]"))
-    gpu_bmm_prefill: float = field(metadata=rule(gt=0, doc="[bmm_flops_p]"))
-    gpu_bmm_decode: float = field(metadata=rule(gt=0, doc="[bmm_flops_g]"))
-    cpu: float = field(metadata=rule(gt=0, doc="[cpu_flops]"))
+    gpu_matmul_prefill: float = field(metadata=rule(ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="[mm_flops_p]"))
+    gpu_matmul_decode: float = field(metadata=rule(ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="[mm_flops_g]"))
+    gpu_bmm_prefill: float = field(metadata=rule(ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="[bmm_flops_p]"))
+    gpu_bmm_decode: float = field(metadata=rule(ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="[bmm_flops_g]"))
+    cpu: float = field(metadata=rule(ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="[cpu_flops]"))
 
 
 @dataclass(frozen=True)
 class CpuEfficiency:
     """CPU attention efficiency max(0.1, 1 + c1*A*B - c2*A - c3*B), A = log2(64/g)+, B = log2(4096/h1)+."""
 
-    c1: float = 0.0168
-    c2: float = 0.0328
-    c3: float = 0.0621
+    c1: float = field(default=0.0168, metadata=rule(ge=-10, le=10))
+    c2: float = field(default=0.0328, metadata=rule(ge=-10, le=10))
+    c3: float = field(default=0.0621, metadata=rule(ge=-10, le=10))
 
 
 @dataclass(frozen=True)
@@ -128,8 +136,8 @@ class Hardware:
 class Policy:
     """A partial or complete policy to fix; what is left out is optimized."""
 
-    gpu_batch_size: int | None = field(default=None, metadata=rule(ge=1))
-    num_gpu_batches: int | None = field(default=None, metadata=rule(ge=1))
+    gpu_batch_size: int | None = field(default=None, metadata=rule(ge=1, le=10**9))
+    num_gpu_batches: int | None = field(default=None, metadata=rule(ge=1, le=10**9))
     percent: list[float] | None = field(
         default=None, metadata=rule(ge=0, le=100, doc="wg wc cg cc hg hc, as FlexLLMGen's --percent")
     )
@@ -139,16 +147,16 @@ class Policy:
 class Search:
     """Optional caps on the integer search. Without them the bounds come from memory."""
 
-    max_gpu_batch_size: int | None = field(default=None, metadata=rule(ge=1))
-    max_num_gpu_batches: int | None = field(default=None, metadata=rule(ge=1))
+    max_gpu_batch_size: int | None = field(default=None, metadata=rule(ge=1, le=10**9))
+    max_num_gpu_batches: int | None = field(default=None, metadata=rule(ge=1, le=10**9))
 
 
 @dataclass(frozen=True)
 class SolverOptions:
     name: str = "highs"
-    time_limit_s: float = field(default=300.0, metadata=rule(gt=0))
+    time_limit_s: float = field(default=300.0, metadata=rule(gt=0, le=1e7))
     mip_gap: float = field(default=1e-4, metadata=rule(ge=0, lt=1))
-    threads: int | None = field(default=None, metadata=rule(ge=1))
+    threads: int | None = field(default=None, metadata=rule(ge=1, le=4096))
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -214,6 +222,23 @@ def _check_cross_fields(sc: Scenario) -> None:
                          f"exceeds search.max_num_gpu_batches ({srch.max_num_gpu_batches})")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_raw(path: str | Path) -> dict:
     """Read a YAML scenario file into a mapping (not yet validated)."""
     p = Path(path)
@@ -224,7 +249,9 @@ def load_raw(path: str | Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError("scenario", str(path), f"cannot read file ({exc.__class__.__name__})") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _DuplicateKey as exc:
+        raise InputError("scenario", str(path), str(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

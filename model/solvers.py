@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -46,6 +48,7 @@ class SolverSpec:
     install: str
     run: Callable[..., SolveResult]
     available: Callable[[], bool]
+    check_options: Callable[[dict], None] | None = None  # raises InputError for an option it does not know
 
 
 def _gap(obj, bound) -> float | None:
@@ -198,9 +201,38 @@ def _run_legacy(pyomo_name: str, label: str, names: dict[str, str | None], tight
     return run
 
 
+def quiet_highs():
+    """A ``highspy.Highs`` with its output off; its constructor's banner goes to /dev/null, not stdout."""
+    import highspy
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+            h.setOptionValue("output_flag", False)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    return h
+
+
+def _check_highs_options(options: dict) -> None:
+    import highspy
+
+    h = quiet_highs()
+    for key, value in options.items():
+        if h.setOptionValue(key, value) != highspy.HighsStatus.kOk:
+            known = h.getOptionType(key)[0] == highspy.HighsStatus.kOk
+            raise InputError(f"solver.options.{key}", value,
+                             "invalid value for this HiGHS option" if known else "unknown HiGHS option")
+
+
 SOLVERS: dict[str, SolverSpec] = {
     "highs": SolverSpec("highs", "pip install highspy",
-                        _run_contrib("highs", "highs", _HIGHS_TIGHT), _contrib_available("highs")),
+                        _run_contrib("highs", "highs", _HIGHS_TIGHT), _contrib_available("highs"),
+                        _check_highs_options),
     "cbc": SolverSpec("cbc", "apt-get install coinor-cbc (Debian/Ubuntu) or conda install -c conda-forge coin-or-cbc",
                       _run_legacy("cbc", "cbc", {"time_limit": "sec", "mip_gap": "ratio", "threads": "threads"},
                                   {"primalTolerance": TIGHT, "integerTolerance": TIGHT}),
@@ -243,6 +275,13 @@ def get_solver(name: str) -> SolverSpec:
     if not spec.available():
         raise InputError("solver.name", name, f"solver is not installed ({spec.install})")
     return spec
+
+
+def check_options(name: str, options: dict) -> None:
+    """Reject options the solver does not know, where the solver lets us ask (HiGHS)."""
+    spec = get_solver(name)
+    if spec.check_options is not None and options:
+        spec.check_options(options)
 
 
 def solve(model: pyo.ConcreteModel, name: str, *, time_limit_s: float, mip_gap: float,

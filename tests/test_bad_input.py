@@ -318,3 +318,30 @@ def batch(tmp_path_factory) -> dict:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {key: pool.submit(run_cli, *args) for key, args in jobs.items()}
         return {key: future.result() for key, future in futures.items()}
+
+
+def test_duplicate_key_is_rejected(tmp_path):
+    """PyYAML keeps the last of two equal keys silently; a scenario must not."""
+    text = REFERENCE.read_text().replace("workload:\n  prompt_len: 512", "workload:\n  prompt_len: 512\n  prompt_len: 64")
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    assert_bad_input(run_cli(path), "duplicate key", "prompt_len")
+
+
+def test_unknown_highs_option_is_rejected(tmp_path):
+    path = write_variant(tmp_path, "solver.options", {"nosuch_option": 1})
+    assert_bad_input(run_cli(path), "solver.options.nosuch_option", "unknown HiGHS option")
+
+
+def test_invalid_highs_option_value_is_rejected(tmp_path):
+    path = write_variant(tmp_path, "solver.options", {"presolve": "maybe"})
+    assert_bad_input(run_cli(path), "solver.options.presolve", "maybe")
+
+
+def test_largest_allowed_memory_still_solves():
+    """100 TiB of CPU memory (the sanity cap) is valid input and gets an answer, with N in the tens of
+    thousands: more memory can only keep the reference scenario feasible."""
+    proc = run_cli(REFERENCE, "--cpu-mem", "100000", "--json")
+    assert proc.returncode == 0, describe(proc)
+    out = json.loads(proc.stdout)
+    assert out["status"] == "optimal" and out["policy"]["num_gpu_batches"] > 10000
