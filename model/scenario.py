@@ -38,11 +38,20 @@ ARCH_MAX = 10**7                # any architecture number
 
 
 @dataclass(frozen=True)
+class Compression:
+    """Group-wise weight quantization (FlexLLMGen's --compress-weight)."""
+
+    bits: int = field(default=4, metadata=rule(ge=1, le=16))
+    group_size: int = field(default=64, metadata=rule(ge=1, le=ARCH_MAX))
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Transformer architecture (Mixtral-8x7B by default) and how bytes/FLOPs are counted."""
 
     name: str = "Mixtral-8x7B"
-    accounting: Literal["flexllmgen"] = "flexllmgen"
+    accounting: Literal["exact", "flexllmgen"] = "exact"
+    hf_config: str | None = None   # a Hugging Face config.json; replaces the architecture numbers below
     num_layers: int = field(default=32, metadata=rule(ge=1, le=ARCH_MAX, doc="transformer layers l"))
     hidden_size: int = field(default=4096, metadata=rule(ge=1, le=ARCH_MAX, doc="h1"))
     intermediate_size: int = field(default=14336, metadata=rule(ge=1, le=ARCH_MAX, doc="expert MLP width h2"))
@@ -55,7 +64,7 @@ class ModelSpec:
     routing_probabilities: list[float] | None = field(
         default=None, metadata=rule(ge=0.0, le=1.0, doc="per-token probability of each expert; default uniform k/E")
     )
-    compress_weights: bool = False
+    compress_weights: Compression | None = None   # true = 4-bit, group 64 (FlexLLMGen's default)
 
 
 @dataclass(frozen=True)
@@ -123,13 +132,25 @@ class CpuEfficiency:
 
 
 @dataclass(frozen=True)
+class MemoryBandwidth:
+    """Memory bandwidth of each device's DRAM in GiB/s (exact accounting: decode attention is memory-bound)."""
+
+    gpu: float = field(metadata=rule(ge=BANDWIDTH_RANGE[0], le=BANDWIDTH_RANGE[1]))
+    cpu: float = field(metadata=rule(ge=BANDWIDTH_RANGE[0], le=BANDWIDTH_RANGE[1]))
+
+
+@dataclass(frozen=True)
 class Hardware:
     name: str = "unnamed"
+    preset: str | None = None            # model/presets/hardware/<preset>.yaml, overridden by what follows
+    source: str | None = None            # where the numbers come from (fitted / datasheet)
+    host_link: str | None = None         # e.g. "PCIe 4.0 x16" (informational)
     memory_gib: Memory = field(default=None)  # type: ignore[assignment]
     alpha: Alpha = field(default_factory=Alpha)
     bandwidth_gib_per_s: Bandwidth = field(default=None)  # type: ignore[assignment]
     tflops: Compute = field(default=None)  # type: ignore[assignment]
     cpu_efficiency: CpuEfficiency = field(default_factory=CpuEfficiency)
+    memory_bandwidth_gib_per_s: MemoryBandwidth | None = None
 
 
 @dataclass(frozen=True)
@@ -175,6 +196,7 @@ def from_dict(raw: Any) -> Scenario:
     """Validate a parsed scenario mapping (the YAML document) into a :class:`Scenario`."""
     if not isinstance(raw, dict):
         raise InputError("scenario", raw, "the file must hold a mapping with model/workload/hardware sections")
+    raw = _expand_shorthands(raw)
     hw = raw.get("hardware")
     if not isinstance(hw, dict):
         raise InputError("hardware", hw, "required section is missing or not a mapping")
@@ -186,8 +208,55 @@ def from_dict(raw: Any) -> Scenario:
     return scenario
 
 
+ARCHITECTURE_FIELDS = ("num_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                       "num_key_value_heads", "head_dim", "num_experts", "num_experts_per_token", "vocab_size")
+PRESET_DIR = Path(__file__).resolve().parent / "presets" / "hardware"
+
+
+def hardware_presets() -> list[str]:
+    """Names of the shipped hardware presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _expand_shorthands(raw: dict) -> dict:
+    """Before validation: merge a hardware preset, expand ``compress_weights: true``, check hf_config use."""
+    raw = _deep_copy(raw)
+    model = raw.get("model")
+    if isinstance(model, dict):
+        cw = model.get("compress_weights")
+        if cw is True:
+            model["compress_weights"] = {}
+        elif cw is False:
+            model["compress_weights"] = None
+        if model.get("hf_config") is not None:
+            clash = [k for k in ARCHITECTURE_FIELDS if k in model]
+            if clash:
+                raise InputError(f"model.{clash[0]}", model[clash[0]],
+                                 "not allowed together with model.hf_config (the config file gives it)")
+    hw = raw.get("hardware")
+    if isinstance(hw, dict) and hw.get("preset") is not None:
+        name = hw["preset"]
+        if not isinstance(name, str) or name not in hardware_presets():
+            raise InputError("hardware.preset", name, f"unknown preset (known: {', '.join(hardware_presets())})")
+        preset = load_raw(PRESET_DIR / f"{name}.yaml")
+        raw["hardware"] = _merge(preset, hw)
+    return raw
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, recursively for mappings."""
+    out = _deep_copy(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else _deep_copy(v)
+    return out
+
+
 def _check_cross_fields(sc: Scenario) -> None:
     m = sc.model
+    if m.accounting == "exact" and sc.hardware.memory_bandwidth_gib_per_s is None:
+        raise InputError("hardware.memory_bandwidth_gib_per_s", None,
+                         "required by accounting: exact (decode attention reads the KV cache at this rate); "
+                         "give {gpu, cpu} in GiB/s, use a hardware.preset, or set accounting: flexllmgen")
     if m.num_experts_per_token > m.num_experts:
         raise InputError("model.num_experts_per_token", m.num_experts_per_token,
                          f"must be <= model.num_experts ({m.num_experts})")
@@ -288,12 +357,21 @@ def _deep_copy(x):
 
 
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
-    """Load and validate a YAML scenario, with optional dotted-path overrides."""
+    """Load and validate a YAML scenario, with optional dotted-path overrides.
+
+    A relative ``model.hf_config`` is resolved against the scenario file's folder.
+    """
     raw = load_raw(path)
     if overrides:
         if not isinstance(raw, dict):
             raise InputError("scenario", str(path), "the file must hold a mapping")
         raw = apply_overrides(raw, overrides)
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        cfg = raw["model"].get("hf_config")
+        if isinstance(cfg, str) and not Path(cfg).is_absolute():
+            beside = Path(path).resolve().parent / cfg
+            if beside.exists():
+                raw["model"]["hf_config"] = str(beside)
     return from_dict(raw)
 
 
