@@ -14,8 +14,10 @@ bytes). Conventions, stated once:
 * MoE: a router ``h1 x E``; top-k routed experts per token; shared experts are
   always active (their total width is ``shared_intermediate_size``); Qwen2-MoE adds
   a scalar gate ``h1 x 1`` on the shared expert.
-* norms: two per layer and one final; RMSNorm has a weight, LayerNorm weight and bias.
-* embeddings ``vocab x h1``, and an LM head of the same size unless tied.
+* norms: two per layer and one final; RMSNorm has a weight, LayerNorm weight and bias
+  (weight only where ``norm_bias`` is false: DBRX).
+* embeddings ``vocab x h1``, and an LM head of the same size unless tied (plus a bias
+  of ``vocab`` where ``lm_head_bias``: Phi-3.5-MoE).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class Architecture:
     norm: Literal["rms", "layer"] = "rms"
     routing_probabilities: tuple[float, ...] | None = None   # per routed expert; default uniform
     source: str = ""                                          # where the numbers came from
+    norm_bias: bool = True          # a LayerNorm's bias (DBRX: LayerNorm(bias=False)); RMSNorm never has one
+    lm_head_bias: bool = False      # a bias of vocab_size on the LM head (Phi-3.5-MoE: lm_head_bias)
 
     @property
     def num_layers(self) -> int:
@@ -94,7 +98,7 @@ class ParameterCounts:
 
 def norm_params(arch: Architecture) -> int:
     """One norm over the hidden size."""
-    return arch.hidden_size * (2 if arch.norm == "layer" else 1)
+    return arch.hidden_size * (2 if arch.norm == "layer" and arch.norm_bias else 1)
 
 
 def attention_params(arch: Architecture) -> int:
@@ -159,7 +163,8 @@ def layer_dense_params(arch: Architecture, group: LayerGroup) -> int:
 def embedding_params(arch: Architecture) -> int:
     """Input embeddings, LM head (unless tied) and the final norm."""
     emb = arch.vocab_size * arch.hidden_size
-    return emb * (1 if arch.tie_word_embeddings else 2) + norm_params(arch)
+    head_bias = arch.vocab_size if arch.lm_head_bias else 0   # a tied head keeps its own bias
+    return emb * (1 if arch.tie_word_embeddings else 2) + head_bias + norm_params(arch)
 
 
 def parameter_counts(arch: Architecture) -> ParameterCounts:

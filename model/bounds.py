@@ -47,21 +47,13 @@ def _min_affine(a: Affine, acc: Accounting, fixed) -> float:
 def _min_block(q: Quantity, acc: Accounting, fixed) -> float:
     coefs = {d: q.block.get(d, 0.0) for d in DEVICES}
     if fixed and ("weights", "gpu") in fixed:
-        return acc.layer_weights_gib * sum(coefs[d] * fixed[("weights", d)] for d in DEVICES)
-    return acc.layer_weights_gib * min(coefs[d] for d in DEVICES if acc.allowed[("weights", d)])
+        return q.const + sum(coefs[d] * fixed[("weights", d)] for d in DEVICES)
+    return q.const + min(coefs[d] for d in DEVICES if acc.allowed[("weights", d)])
 
 
-def _sum(qs: list[Quantity]) -> Quantity:
-    out = Quantity()
-    for q in qs:
-        for d, c in q.block.items():
-            out.block[d] = out.block.get(d, 0.0) + c
-        for part in ("sequence", "microbatch", "cpu_attention"):
-            src, dst = getattr(q, part), getattr(out, part)
-            dst.const += src.const
-            for key, c in src.coef.items():
-                dst.coef[key] = dst.coef.get(key, 0.0) + c
-    return out
+def _memory_cases(acc: Accounting):
+    """Every (device, phase) with each layer group's working buffers in turn."""
+    return [(key, q) for key in MEMORY_KEYS for _grp, q in acc.memory[key].cases()]
 
 
 def _label(key) -> str:
@@ -79,16 +71,15 @@ def search_bounds(acc: Accounting, capacity_gib: dict, alpha: dict, *, fixed_fra
     # All weights must fit somewhere (the simplest and most common impossibility).
     weight_devices = [d for d in DEVICES if acc.allowed[("weights", d)]]
     total_usable = sum(usable[d] for d in weight_devices)
-    if acc.total_weights_gib > total_usable * (1 + 1e-12):
+    if acc.weights_gib > total_usable * (1 + 1e-12):
         parts = " + ".join(f"{usable[d]:.4g}" for d in weight_devices)
         names = " + ".join(_DEVICE_LABEL[d] for d in weight_devices)
-        reasons.append(f"weights {acc.total_weights_gib:.2f} GiB > usable {names} = {parts} "
+        reasons.append(f"weights {acc.weights_gib:.2f} GiB > usable {names} = {parts} "
                        f"= {total_usable:.2f} GiB")
 
     g_hi, g_src = math.inf, "memory"
     b_hi = math.inf
-    for key in MEMORY_KEYS:
-        q = acc.memory[key]
+    for key, q in _memory_cases(acc):
         if not q.cpu_attention.is_zero():
             raise ValueError("memory quantities must not depend on eff(g)")
         room = usable[key[0]] - _min_block(q, acc, fixed_fractions)
@@ -98,6 +89,8 @@ def search_bounds(acc: Accounting, capacity_gib: dict, alpha: dict, *, fixed_fra
             raise ValueError(f"{_label(key)}: memory terms must not be negative")
         one = room - seq - micro  # what is left with g = b = 1
         if one < -1e-12 * max(1.0, usable[key[0]]):
+            if any(r.startswith(_label(key) + ":") for r in reasons):
+                continue
             reasons.append(
                 f"{_label(key)}: the least any policy needs with one sequence is "
                 f"{usable[key[0]] - one:.4g} GiB > usable {alpha[key[0]]:g} x {capacity_gib[key[0]]:g} "
@@ -108,8 +101,11 @@ def search_bounds(acc: Accounting, capacity_gib: dict, alpha: dict, *, fixed_fra
             g_hi = min(g_hi, room / per_g)
         if seq > 0:
             b_hi = min(b_hi, (room - micro) / seq)
-    for phase in ("prefill", "decode"):
-        q = _sum([acc.memory[k] for k in MEMORY_KEYS if k[1] in (phase, None)])
+    for phase in ("prefill", "decode"):  # all devices together, with the smallest working buffers each
+        q = Quantity()
+        for k in MEMORY_KEYS:
+            if k[1] in (phase, None):
+                q = q.plus(acc.memory[k].cases()[0][1])  # home + one group's buffers <= home + the largest
         room = sum(usable.values()) - _min_block(q, acc, fixed_fractions)
         seq = _min_affine(q.sequence, acc, fixed_fractions)
         micro = _min_affine(q.microbatch, acc, fixed_fractions)

@@ -50,7 +50,11 @@ def build_model(data: ModelData) -> pyo.ConcreteModel:
     m.PHASES = pyo.Set(initialize=PHASES, ordered=True, doc="prefill, decode")
     m.COMPONENTS = pyo.Set(initialize=COMPONENTS, ordered=True,
                            doc="Per-layer time components: ctog, gtoc, dtoc, ctod, comp")
-    m.EXPERTS = pyo.RangeSet(0, len(acc.expert_weights_gib) - 1, doc="Experts of one MoE layer")
+    m.LAYER_GROUPS = pyo.Set(initialize=[g.name for g in acc.groups], ordered=True,
+                             doc="Groups of identical layers (e.g. dense first layers, MoE layers)")
+    m.layer_count = pyo.Param(m.LAYER_GROUPS, initialize={g.name: g.count for g in acc.groups},
+                              doc="Number of layers in the group")
+    m.EXPERTS = pyo.RangeSet(0, len(acc.expert_weights_gib) - 1, doc="Routed experts of one MoE layer")
     m.expert_weights_gib = pyo.Param(m.EXPERTS, initialize=dict(enumerate(acc.expert_weights_gib)),
                                      doc="Weights of one expert in one layer, GiB")
     m.routing_probability = pyo.Param(m.EXPERTS, initialize=dict(enumerate(acc.routing_probability)),
@@ -59,7 +63,7 @@ def build_model(data: ModelData) -> pyo.ConcreteModel:
                                     doc="Non-expert weights of one layer (attention, router, norms), GiB")
     m.layer_weights_gib = pyo.Expression(
         expr=m.dense_weights_gib + sum(m.expert_weights_gib[e] for e in m.EXPERTS),
-        doc="W: weights of one layer, GiB")
+        doc="Weights of one MoE layer (dense part + every expert), GiB")
     m.placement_allowed = pyo.Param(m.TENSOR_KINDS, m.DEVICES, initialize=acc.allowed, within=pyo.Boolean,
                                     doc="Whether a tensor kind may live on a device")
     for family in FAMILIES:

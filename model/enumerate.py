@@ -21,11 +21,10 @@ import highspy
 import numpy as np
 
 from .solvers import quiet_highs
-from .terms import DEVICES, MEMORY_KEYS, PHASES, PREFILL_GROUPS, DECODE_OVERLAPPED, TENSOR_KINDS, Accounting
+from .terms import DECODE_OVERLAPPED, DEVICES, MEMORY_KEYS, PREFILL_GROUPS, TENSOR_KINDS, Accounting
 
-_VARS = [(k, d) for k in TENSOR_KINDS for d in DEVICES]  # 9 fractions, then T_prefill, T_overlap
+_VARS = [(k, d) for k in TENSOR_KINDS for d in DEVICES]  # the 9 fractions come first
 _IDX = {kd: i for i, kd in enumerate(_VARS)}
-_TP, _TQ = 9, 10
 
 
 @dataclass
@@ -40,67 +39,74 @@ class EnumerationResult:
     max_feasible_b: int = 0
 
 
-def _row(acc: Accounting, q, g: int, b: int):
-    """Coefficients over the 9 fractions and the constant of quantity ``q`` at (g, b)."""
+def _row(acc: Accounting, q, g: int, b: int, ncol: int):
+    """Coefficients over the 9 fractions, and the constant, of quantity ``q`` at (g, b)."""
     eff = acc.efficiency(g)
-    W = acc.layer_weights_gib
-    coef = np.zeros(11)
+    coef = np.zeros(ncol)
     for d, c in q.block.items():
-        coef[_IDX[("weights", d)]] += W * c
+        coef[_IDX[("weights", d)]] += c
     for part, scale in ((q.sequence, b), (q.microbatch, g), (q.cpu_attention, b * eff)):
         for kd, c in part.coef.items():
             coef[_IDX[kd]] += scale * c
-    const = b * q.sequence.const + g * q.microbatch.const + b * eff * q.cpu_attention.const
+    const = q.const + b * q.sequence.const + g * q.microbatch.const + b * eff * q.cpu_attention.const
     return coef, const
 
 
 def solve_fixed_lp(acc: Accounting, g: int, N: int, capacity_gib: dict, alpha: dict,
                    fixed_fractions=None, h: highspy.Highs | None = None):
-    """Minimum block time (s) and fractions at fixed ``(g, N)``; ``(None, None)`` if infeasible."""
+    """Minimum block time (s) and fractions at fixed ``(g, N)``; ``(None, None)`` if infeasible.
+
+    Columns: the 9 fractions, then per layer group its prefill layer time and its
+    overlapped decode time (epigraph variables of the two max() terms).
+    """
     b = g * N
-    l, n = acc.num_layers, acc.gen_len
+    n = acc.gen_len
+    ncol = 9 + 2 * len(acc.groups)
     rows, lo, hi = [], [], []
     for k in TENSOR_KINDS:  # fractions sum to one
-        r = np.zeros(11)
+        r = np.zeros(ncol)
         for d in DEVICES:
             r[_IDX[(k, d)]] = 1.0
         rows.append(r), lo.append(1.0), hi.append(1.0)
-    t = {(ph, c): _row(acc, acc.time[(ph, c)], g, b) for ph in PHASES for c in acc_components(acc)}
-    for group in PREFILL_GROUPS.values():  # T_p >= sum of chain
-        r = np.zeros(11)
-        const = 0.0
-        for c in group:
-            r -= t[("prefill", c)][0]
-            const += t[("prefill", c)][1]
-        r[_TP] = 1.0
-        rows.append(r), lo.append(const), hi.append(np.inf)
-    for c in DECODE_OVERLAPPED:  # T_q >= component
-        r = -t[("decode", c)][0]
-        r[_TQ] = 1.0
-        rows.append(r), lo.append(t[("decode", c)][1]), hi.append(np.inf)
+    cost = np.zeros(ncol)
+    offset = 0.0
+    for i, grp in enumerate(acc.groups):
+        tp, tq = 9 + 2 * i, 10 + 2 * i
+        t = {key: _row(acc, q, g, b, ncol) for key, q in grp.time.items()}
+        for chain in PREFILL_GROUPS.values():  # T_p >= sum of chain
+            r = np.zeros(ncol)
+            const = 0.0
+            for c in chain:
+                r -= t[("prefill", c)][0]
+                const += t[("prefill", c)][1]
+            r[tp] = 1.0
+            rows.append(r), lo.append(const), hi.append(np.inf)
+        for c in DECODE_OVERLAPPED:  # T_q >= component
+            r = -t[("decode", c)][0]
+            r[tq] = 1.0
+            rows.append(r), lo.append(t[("decode", c)][1]), hi.append(np.inf)
+        ctog_coef, ctog_const = t[("decode", "ctog")]
+        cost[tp] += grp.count
+        cost[tq] += (n - 1) * grp.count
+        cost += (n - 1) * grp.count * ctog_coef
+        offset += (n - 1) * grp.count * ctog_const
     for key in MEMORY_KEYS:
-        coef, const = _row(acc, acc.memory[key], g, b)
-        rows.append(coef), lo.append(-np.inf), hi.append(alpha[key[0]] * capacity_gib[key[0]] - const)
-    ctog_coef, ctog_const = t[("decode", "ctog")]
-    cost = np.zeros(11)
-    cost[_TP] = l
-    cost[_TQ] = (n - 1) * l
-    cost += (n - 1) * l * ctog_coef
-    offset = (n - 1) * l * ctog_const
-    col_lo = np.zeros(11)
-    col_hi = np.array([1.0 if acc.allowed[kd] else 0.0 for kd in _VARS] + [np.inf, np.inf])
+        for _grp, q in acc.memory[key].cases():
+            coef, const = _row(acc, q, g, b, ncol)
+            rows.append(coef), lo.append(-np.inf), hi.append(alpha[key[0]] * capacity_gib[key[0]] - const)
+    col_lo = np.zeros(ncol)
+    col_hi = np.array([1.0 if acc.allowed[kd] else 0.0 for kd in _VARS] + [np.inf] * (ncol - 9))
     for kd, v in (fixed_fractions or {}).items():
         col_lo[_IDX[kd]] = col_hi[_IDX[kd]] = v
     A = np.array(rows)
     lp = highspy.HighsLp()
-    lp.num_col_, lp.num_row_ = 11, A.shape[0]
+    lp.num_col_, lp.num_row_ = ncol, A.shape[0]
     lp.col_cost_ = cost
     lp.col_lower_, lp.col_upper_ = col_lo, col_hi
     lp.row_lower_, lp.row_upper_ = np.array(lo), np.array(hi)
     nz = np.nonzero(A.T)  # column-wise
     lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
-    starts = np.searchsorted(nz[0], np.arange(12))
-    lp.a_matrix_.start_ = starts
+    lp.a_matrix_.start_ = np.searchsorted(nz[0], np.arange(ncol + 1))
     lp.a_matrix_.index_ = nz[1]
     lp.a_matrix_.value_ = A.T[nz]
     lp.offset_ = offset
@@ -112,10 +118,6 @@ def solve_fixed_lp(acc: Accounting, g: int, N: int, capacity_gib: dict, alpha: d
         return None, None
     x = h.getSolution().col_value
     return h.getInfo().objective_function_value, {kd: x[_IDX[kd]] for kd in _VARS}
-
-
-def acc_components(acc: Accounting):
-    return sorted({c for (_ph, c) in acc.time})
 
 
 def _highs() -> highspy.Highs:

@@ -85,7 +85,8 @@ def capacity_violations(acc: Accounting, g: int, N: int, p, capacity: dict, usab
     out = []
     for key in MEMORY_KEYS:
         dev, phase = key
-        parts = acc.memory[key].parts(acc.layer_weights_gib, g * N, g, acc.efficiency(g), p)
+        cases = [q.parts(g * N, g, acc.efficiency(g), p) for _grp, q in acc.memory[key].cases()]
+        parts = max(cases, key=lambda c: sum(c.values()))
         peak = sum(parts.values())
         if peak > usable[dev] * (1 + slack) + slack:
             where = ("disk" if dev == "disk" else dev.upper()) + " memory" + (f" ({phase})" if phase else "")

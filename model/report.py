@@ -25,7 +25,7 @@ def to_json(res: Result) -> dict[str, Any]:
         "status": res.status,
         "scenario": sc.name,
         "model": {"name": sc.model.name, "accounting": res.accounting.mode,
-                  "weights_gib": res.accounting.total_weights_gib},
+                  "weights_gib": res.accounting.weights_gib},
         "workload": {"prompt_len": sc.workload.prompt_len, "gen_len": sc.workload.gen_len},
         "capacity_gib": res.capacity_gib,
         "usable_gib": res.usable_gib,
@@ -88,7 +88,7 @@ def to_text(res: Result) -> str:
     """A readable report: policy, throughput, time breakdown, memory, solver, FlexLLMGen flags."""
     sc, acc, ev = res.scenario, res.accounting, res.evaluation
     lines = [
-        f"Scenario  {sc.name}: {sc.model.name} ({acc.mode} accounting, {acc.total_weights_gib:.2f} GiB weights), "
+        f"Scenario  {sc.name}: {sc.model.name} ({acc.mode} accounting, {acc.weights_gib:.2f} GiB weights), "
         f"prompt {sc.workload.prompt_len}, generation {sc.workload.gen_len}",
         f"Hardware  {sc.hardware.name}: GPU {res.capacity_gib['gpu']:g} / CPU {res.capacity_gib['cpu']:g} / "
         f"disk {res.capacity_gib['disk']:g} GiB",

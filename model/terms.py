@@ -1,21 +1,24 @@
 """The cost model as data: every time and memory quantity in one linear shape.
 
-Every quantity ``Q`` of the cost model (a per-layer time in seconds, or a peak
-memory in GiB) is, for block size ``b = g*N``, GPU batch size ``g`` and placement
-fractions ``p``,
+Every quantity ``Q`` of the cost model (a per-layer time in seconds, or memory in
+GiB) is, for block size ``b = g*N``, GPU batch size ``g`` and placement fractions ``p``,
 
-    Q(b, g, p) = W * block(p_weights)                 # per block (weights)
+    Q(b, g, p) = const                                # per block, whatever the placement
+               + block(p_weights)                     # per block: weights on each device
                + b * sequence(p)                      # per sequence (KV cache, hidden states)
                + g * microbatch(p)                    # per micro-batch (working buffers)
-               + b * eff(g) * cpu_attention(p)        # CPU attention, rate depends on g
+               + b * eff(g) * cpu_attention(p)        # CPU attention whose rate depends on g
 
-where ``W`` is the weight size of one layer in GiB, ``block`` holds multipliers of
-``W`` for each weights device, and the other three are affine in the cache and
-activation fractions. The accounting modules produce these forms; the Pyomo
-families turn them into constraints (divided by ``b``: see ``families/batching``),
-and :func:`evaluate` computes them directly for a fixed policy. Keeping weights
-out of the per-sequence terms and cache/activations out of the per-block term is
-what makes the per-sequence MILP exact (DESIGN.md section 2).
+``block`` is linear in the weights fractions; the other three are affine in the cache
+and activation fractions. Keeping weights out of the per-sequence terms, and cache
+and activations out of the per-block term, is what makes the per-sequence MILP exact
+(DESIGN.md section 2): divided by ``b`` every term is linear in the model's variables.
+
+Layers come in groups of identical layers (:class:`LayerGroup`), each with its own
+per-layer times. Memory per device and phase is ``home + max over groups of that
+group's working buffers`` (:class:`MemoryTerms`): one layer is in flight at a time.
+The accounting modules produce these forms; the Pyomo families turn them into
+constraints, and :func:`evaluate` computes them directly for a fixed policy.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ class Affine:
     coef: dict[tuple[str, str], float] = field(default_factory=dict)
 
     def add(self, amount: float, kind: str, *devices: str) -> "Affine":
-        """Add ``amount`` times each listed fraction of ``kind`` (no devices: to the constant)."""
+        """Add ``amount`` times each listed fraction of ``kind``."""
         if kind not in SEQ_KINDS:
             raise ValueError(f"per-sequence terms take cache/activations fractions, not {kind}")
         for d in devices:
@@ -63,55 +66,112 @@ class Affine:
     def is_zero(self) -> bool:
         return self.const == 0.0 and all(c == 0.0 for c in self.coef.values())
 
+    def plus(self, other: "Affine", scale: float = 1.0) -> "Affine":
+        out = Affine(self.const + scale * other.const, dict(self.coef))
+        for key, c in other.coef.items():
+            out.coef[key] = out.coef.get(key, 0.0) + scale * c
+        return out
+
+
+_PARTS = ("sequence", "microbatch", "cpu_attention")
+
 
 @dataclass
 class Quantity:
-    """One cost-model quantity in the four-part shape documented in the module docstring."""
+    """One cost-model quantity in the shape documented in the module docstring."""
 
-    block: dict[str, float] = field(default_factory=dict)  # weights device -> multiple of W
+    const: float = 0.0
+    block: dict[str, float] = field(default_factory=dict)  # weights device -> GiB or seconds per block
     sequence: Affine = field(default_factory=Affine)
     microbatch: Affine = field(default_factory=Affine)
     cpu_attention: Affine = field(default_factory=Affine)
 
     def weights(self, amount: float, *devices: str) -> "Quantity":
+        """Add ``amount`` times each listed weights fraction (per block)."""
         for d in devices:
             self.block[d] = self.block.get(d, 0.0) + amount
         return self
 
-    def parts(self, layer_weights: float, b: int, g: int, efficiency: float, p: Fractions) -> dict[str, float]:
-        """The value split into its per-block, per-sequence, per-micro-batch and CPU-attention parts."""
+    def parts(self, b: int, g: int, efficiency: float, p: Fractions) -> dict[str, float]:
+        """The value split into per-block, per-sequence, per-micro-batch and CPU-attention parts."""
         return {
-            "block": layer_weights * sum(c * p[("weights", d)] for d, c in self.block.items()),
+            "block": self.const + sum(c * p[("weights", d)] for d, c in self.block.items()),
             "sequence": b * self.sequence.value(p),
             "microbatch": g * self.microbatch.value(p),
             "cpu_attention": b * efficiency * self.cpu_attention.value(p),
         }
 
-    def value(self, layer_weights: float, b: int, g: int, efficiency: float, p: Fractions) -> float:
-        return sum(self.parts(layer_weights, b, g, efficiency, p).values())
+    def value(self, b: int, g: int, efficiency: float, p: Fractions) -> float:
+        return sum(self.parts(b, g, efficiency, p).values())
+
+    def plus(self, other: "Quantity", scale: float = 1.0) -> "Quantity":
+        """``self + scale * other``."""
+        out = Quantity(const=self.const + scale * other.const, block=dict(self.block))
+        for d, c in other.block.items():
+            out.block[d] = out.block.get(d, 0.0) + scale * c
+        for part in _PARTS:
+            setattr(out, part, getattr(self, part).plus(getattr(other, part), scale))
+        return out
+
+    def scaled(self, scale: float) -> "Quantity":
+        return Quantity().plus(self, scale)
+
+
+@dataclass
+class MemoryTerms:
+    """Memory of one device in one phase: home bytes plus the working buffers of the layer in flight."""
+
+    home: Quantity = field(default_factory=Quantity)
+    working: dict[str, Quantity] = field(default_factory=dict)  # layer group -> buffers while it runs
+
+    def cases(self) -> list[tuple[str, Quantity]]:
+        """``home + working[group]`` for each group (the peak is the largest)."""
+        if not self.working:
+            return [("", self.home)]
+        return [(name, self.home.plus(w)) for name, w in self.working.items()]
+
+
+@dataclass
+class LayerGroup:
+    """``count`` identical layers and the per-layer time of each phase and component (seconds)."""
+
+    name: str
+    count: int
+    time: dict[tuple[str, str], Quantity]
 
 
 @dataclass
 class Accounting:
     """Everything the optimization model needs, as plain numbers (GiB, seconds).
 
-    ``time[(phase, component)]`` is seconds per layer; ``memory[(device, phase)]``
-    is GiB (phase ``None`` for the disk). ``efficiency(g)`` multiplies the CPU
-    attention terms. ``dense_weights_gib`` and ``expert_weights_gib[e]`` add up to
-    ``W``, the weights of one layer.
+    ``groups`` hold per-layer times; ``memory[(device, phase)]`` home and working
+    memory (phase ``None`` for the disk). ``efficiency(g)`` multiplies the CPU
+    attention terms. ``expert_weights_gib`` and ``routing_probability`` describe
+    the routed experts of one MoE layer (a dense model has one "expert", its MLP),
+    and ``dense_weights_gib`` the rest of that layer.
     """
 
     mode: str
-    num_layers: int
     gen_len: int
+    groups: tuple[LayerGroup, ...]
+    memory: dict[tuple[str, str | None], MemoryTerms]
+    weights_gib: float                       # every weight byte the placement must hold
     dense_weights_gib: float
     expert_weights_gib: tuple[float, ...]
     routing_probability: tuple[float, ...]
-    time: dict[tuple[str, str], Quantity]
-    memory: dict[tuple[str, str | None], Quantity]
     efficiency: Callable[[int], float]
     allowed: dict[tuple[str, str], bool]
+    gpu_resident_gib: float = 0.0            # kept on the GPU outside the placement (embeddings, head)
     notes: tuple[str, ...] = ()
+
+    @property
+    def num_layers(self) -> int:
+        return sum(g.count for g in self.groups)
+
+    @property
+    def main_group(self) -> LayerGroup:
+        """The group with the most layers (its per-layer times are the ones shown first)."""
+        return max(self.groups, key=lambda g: g.count)
 
     @property
     def layer_weights_gib(self) -> float:
@@ -119,29 +179,63 @@ class Accounting:
 
     @property
     def total_weights_gib(self) -> float:
-        return self.num_layers * self.layer_weights_gib
+        return self.weights_gib
+
+    def time_quantities(self):
+        return [q for grp in self.groups for q in grp.time.values()]
+
+    def memory_quantities(self):
+        return [q for mt in self.memory.values() for _name, q in mt.cases()]
 
     def efficiency_varies(self, g_lo: int, g_hi: int) -> bool:
         """Whether the CPU-attention terms exist and ``efficiency`` changes over ``g_lo..g_hi``."""
-        if all(q.cpu_attention.is_zero() for q in self.time.values()):
+        if all(q.cpu_attention.is_zero() for q in self.time_quantities()):
             return False
         first = self.efficiency(g_lo)
         return any(self.efficiency(g) != first for g in range(g_lo, g_hi + 1))
 
 
 @dataclass
+class GroupTimes:
+    name: str
+    count: int
+    layer_time_s: dict[str, dict[str, float]]   # phase -> component -> seconds per layer
+    prefill_layer_s: float
+    decode_layer_s: float
+    bottleneck: dict[str, str]
+
+
+@dataclass
 class Evaluation:
     """A fixed policy's predicted times (seconds) and peaks (GiB)."""
 
-    layer_time_s: dict[str, dict[str, float]]  # phase -> component -> seconds per layer
-    prefill_layer_s: float
-    decode_layer_s: float
+    groups: list[GroupTimes]
     prefill_total_s: float
     decode_total_s: float
     total_s: float
     throughput_tokens_per_s: float
     peak_memory_gib: dict[tuple[str, str | None], float]
-    bottleneck: dict[str, str]
+    home_memory_gib: dict[tuple[str, str | None], float]
+
+    @property
+    def main(self) -> GroupTimes:
+        return max(self.groups, key=lambda g: g.count)
+
+    @property
+    def layer_time_s(self) -> dict[str, dict[str, float]]:
+        return self.main.layer_time_s
+
+    @property
+    def prefill_layer_s(self) -> float:
+        return self.main.prefill_layer_s
+
+    @property
+    def decode_layer_s(self) -> float:
+        return self.main.decode_layer_s
+
+    @property
+    def bottleneck(self) -> dict[str, str]:
+        return self.main.bottleneck
 
 
 def prefill_layer_time(t: Mapping[str, float]) -> float:
@@ -160,8 +254,7 @@ DECODE_OVERLAPPED = ("gtoc", "dtoc", "ctod", "comp")
 
 def _bottleneck(phase: str, t: Mapping[str, float]) -> str:
     if phase == "prefill":
-        name = max(PREFILL_GROUPS, key=lambda k: sum(t[c] for c in PREFILL_GROUPS[k]))
-        return name
+        return max(PREFILL_GROUPS, key=lambda k: sum(t[c] for c in PREFILL_GROUPS[k]))
     return max(DECODE_OVERLAPPED, key=lambda c: t[c])
 
 
@@ -169,26 +262,20 @@ def evaluate(acc: Accounting, g: int, N: int, p: Fractions) -> Evaluation:
     """Times, throughput and peaks of the policy ``(g, N, p)``, straight from the formulas."""
     b = g * N
     eff = acc.efficiency(g)
-    W = acc.layer_weights_gib
-    layer = {ph: {c: acc.time[(ph, c)].value(W, b, g, eff, p) for c in COMPONENTS} for ph in PHASES}
-    t_pre = prefill_layer_time(layer["prefill"])
-    t_dec = decode_layer_time(layer["decode"])
-    l, n = acc.num_layers, acc.gen_len
-    pre_total = l * t_pre
-    dec_total = (n - 1) * l * t_dec
+    groups = []
+    for grp in acc.groups:
+        layer = {ph: {c: grp.time[(ph, c)].value(b, g, eff, p) for c in COMPONENTS} for ph in PHASES}
+        groups.append(GroupTimes(grp.name, grp.count, layer, prefill_layer_time(layer["prefill"]),
+                                 decode_layer_time(layer["decode"]),
+                                 {ph: _bottleneck(ph, layer[ph]) for ph in PHASES}))
+    n = acc.gen_len
+    pre_total = sum(gt.count * gt.prefill_layer_s for gt in groups)
+    dec_total = (n - 1) * sum(gt.count * gt.decode_layer_s for gt in groups)
     total = pre_total + dec_total
-    peaks = {key: q.value(W, b, g, eff, p) for key, q in acc.memory.items()}
-    return Evaluation(
-        layer_time_s=layer,
-        prefill_layer_s=t_pre,
-        decode_layer_s=t_dec,
-        prefill_total_s=pre_total,
-        decode_total_s=dec_total,
-        total_s=total,
-        throughput_tokens_per_s=n * b / total,
-        peak_memory_gib=peaks,
-        bottleneck={ph: _bottleneck(ph, layer[ph]) for ph in PHASES},
-    )
+    peaks = {key: max(q.value(b, g, eff, p) for _name, q in mt.cases()) for key, mt in acc.memory.items()}
+    homes = {key: mt.home.value(b, g, eff, p) for key, mt in acc.memory.items()}
+    return Evaluation(groups=groups, prefill_total_s=pre_total, decode_total_s=dec_total, total_s=total,
+                      throughput_tokens_per_s=n * b / total, peak_memory_gib=peaks, home_memory_gib=homes)
 
 
 def fractions_from_percent(percent) -> dict[tuple[str, str], float]:

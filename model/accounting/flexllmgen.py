@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 
 from ..scenario import Scenario
-from ..terms import COMPONENTS, DEVICES, PHASES, Accounting, Affine, Quantity
+from ..terms import COMPONENTS, DEVICES, MEMORY_KEYS, PHASES, Accounting, LayerGroup, MemoryTerms, Quantity
 
 GIB = float(2**30)
 TERA = 1e12
 # The reference streams disk weights in decode at 95% of the disk->CPU rate.
 DECODE_DISK_WEIGHT_EFFICIENCY = 0.95
+GROUP = "layers"  # the reference's layers are all alike
 
 
 def cpu_attention_efficiency(g: int, h1: int, c1: float, c2: float, c3: float) -> float:
@@ -50,14 +51,15 @@ def build(sc: Scenario) -> Accounting:
         return nbytes / GIB
 
     off_gpu = ("cpu", "disk")
+    W = gib(dense_bytes + E * expert_bytes) / shrink  # one layer's weights (wi), GiB
     T: dict[tuple[str, str], Quantity] = {(ph, c): Quantity() for ph in PHASES for c in COMPONENTS}
 
     # ---- prefill, per layer -------------------------------------------------
-    T["prefill", "ctog"].weights(1 / bw.cpu_to_gpu, *off_gpu)
+    T["prefill", "ctog"].weights(W / bw.cpu_to_gpu, *off_gpu)
     T["prefill", "ctog"].sequence.add(gib(2 * s * h1) / bw.cpu_to_gpu, "activations", *off_gpu)
     T["prefill", "gtoc"].sequence.add(gib(4 * (s + 1) * kv) / bw.gpu_to_cpu_cache, "cache", *off_gpu)
     T["prefill", "gtoc"].sequence.add(gib(2 * s * h1) / bw.gpu_to_cpu_hidden, "activations", *off_gpu)
-    T["prefill", "dtoc"].weights(1 / bw.disk_to_cpu, "disk")
+    T["prefill", "dtoc"].weights(W / bw.disk_to_cpu, "disk")
     T["prefill", "dtoc"].sequence.add(gib(2 * s * h1) / bw.disk_to_cpu, "activations", "disk")
     T["prefill", "ctod"].sequence.add(gib(4 * (s + 1) * kv) / bw.cpu_to_disk_cache_prefill, "cache", "disk")
     T["prefill", "ctod"].sequence.add(gib(2 * s * h1) / bw.cpu_to_disk_hidden_prefill, "activations", "disk")
@@ -67,12 +69,12 @@ def build(sc: Scenario) -> Accounting:
     )
 
     # ---- decode, one step, per layer ---------------------------------------
-    T["decode", "ctog"].weights(1 / bw.cpu_to_gpu, *off_gpu)
+    T["decode", "ctog"].weights(W / bw.cpu_to_gpu, *off_gpu)
     T["decode", "ctog"].sequence.add(gib(2 * h1) / bw.cpu_to_gpu, "activations", *off_gpu)
     T["decode", "gtoc"].sequence.add(gib(2 * h1) / bw.gpu_to_cpu_hidden, "activations", *off_gpu)
     T["decode", "dtoc"].sequence.add(gib(4 * (s + n / 2) * kv) / bw.disk_to_cpu, "cache", "disk")
     T["decode", "dtoc"].sequence.add(gib(2 * h1) / bw.disk_to_cpu, "activations", "disk")
-    T["decode", "dtoc"].weights(1 / (DECODE_DISK_WEIGHT_EFFICIENCY * bw.disk_to_cpu), "disk")
+    T["decode", "dtoc"].weights(W / (DECODE_DISK_WEIGHT_EFFICIENCY * bw.disk_to_cpu), "disk")
     T["decode", "ctod"].sequence.add(gib(4 * kv) / bw.cpu_to_disk_decode, "cache", "disk")
     T["decode", "ctod"].sequence.add(gib(2 * h1) / bw.cpu_to_disk_decode, "activations", "disk")
     comp = T["decode", "comp"]
@@ -80,41 +82,47 @@ def build(sc: Scenario) -> Accounting:
     comp.sequence.add(4 * (s + n / 2) * h1 / (fl.gpu_bmm_decode * TERA), "cache", "gpu")
     comp.cpu_attention.add(4 * (s + n / 2) * h1 / (fl.cpu * TERA), "cache", *off_gpu)
 
-    # ---- memory (GiB): home + working --------------------------------------
-    M: dict[tuple[str, str | None], Quantity] = {}
-    q = M["gpu", "prefill"] = Quantity()
-    q.weights(l, "gpu").weights(2, *off_gpu)                       # wi*l*wg + 2*wi*(1-wg)
-    q.sequence.add(gib(2 * s * h1), "activations", "gpu")
-    q.sequence.add(gib(4 * (s + n) * kv * l), "cache", "gpu")
-    q.microbatch.add(gib(2 * s * h1), "activations", *off_gpu)      # 2*s*h1*g*(1-hg)
-    q.microbatch.const = gib(
+    # ---- memory (GiB): home + working (DESIGN.md 3a) ------------------------
+    M = {key: MemoryTerms(working={GROUP: Quantity()}) for key in MEMORY_KEYS}
+    for phase, act_bytes in (("prefill", 2 * s * h1), ("decode", 2 * h1)):
+        home = M["gpu", phase].home                                      # gpu_home
+        home.weights(l * W, "gpu")
+        home.sequence.add(gib(act_bytes), "activations", "gpu")
+        home.sequence.add(gib(4 * (s + n) * kv * l), "cache", "gpu")
+    work = M["gpu", "prefill"].working[GROUP]                            # gpu_work_p
+    work.weights(2 * W, *off_gpu)                                        # 2*wi*(1-wg)
+    work.microbatch.add(gib(2 * s * h1), "activations", *off_gpu)        # 2*s*h1*g*(1-hg)
+    work.microbatch.const = gib(
         (8 * s * h1 + 2 * s * h1 + 2 * nh * s**2 + 2 * s * h1 + 4 * s * h1)   # attention intermediates
         + s * E + E * (2 * s * h1 + 2 * s * h2)                              # expert intermediates
     )
-    q = M["gpu", "decode"] = Quantity()
-    q.weights(l, "gpu").weights(2, *off_gpu)
-    q.sequence.add(gib(2 * h1), "activations", "gpu")
-    q.sequence.add(gib(4 * (s + n) * kv * l), "cache", "gpu")
-    q.microbatch.add(gib(2 * h1), "activations", *off_gpu)
-    q.microbatch.add(gib(4 * (s + n) * h1 + (2 * h1 + 2 * (s + n) * h1 + 2 * nh * (s + n))
-                         + (2 * (s + n) * h1 + 2 * h1)), "cache", "gpu")
-    q.microbatch.const = gib(8 * h1 + 4 * h1 + E + E * (2 * h1 + 2 * h2))
-    q = M["cpu", "prefill"] = Quantity()
-    q.weights(l, "cpu").weights(1, *off_gpu)                       # wi*l*wc + wi*(1-wg)
-    q.sequence.add(gib(2 * s * h1), "activations", "cpu")
-    q.sequence.add(gib(4 * s * kv * l), "cache", "cpu")
-    q.microbatch.add(gib(2 * s * h1), "activations", *off_gpu)
-    q = M["cpu", "decode"] = Quantity()
-    q.weights(l, "cpu").weights(1, "disk")                         # wi*l*wc + wi*wn
-    q.sequence.add(gib(2 * h1), "activations", "cpu")
-    q.sequence.add(gib(4 * (s + n) * kv * l), "cache", "cpu")
-    q.microbatch.add(gib(4 * h1), "activations", "disk")
-    q.microbatch.add(gib(8 * (s + n) * kv), "cache", "disk")
-    q.microbatch.const = gib(2 * nh * (s + n) + 2 * h1)
-    q = M["disk", None] = Quantity()
-    q.weights(l, "disk")
-    q.sequence.add(gib(2 * s * h1), "activations", "disk")
-    q.sequence.add(gib(4 * (s + n) * kv * l), "cache", "disk")
+    work = M["gpu", "decode"].working[GROUP]                             # gpu_work_g
+    work.weights(2 * W, *off_gpu)
+    work.microbatch.add(gib(2 * h1), "activations", *off_gpu)
+    work.microbatch.add(gib(4 * (s + n) * h1 + (2 * h1 + 2 * (s + n) * h1 + 2 * nh * (s + n))
+                            + (2 * (s + n) * h1 + 2 * h1)), "cache", "gpu")
+    work.microbatch.const = gib(8 * h1 + 4 * h1 + E + E * (2 * h1 + 2 * h2))
+    home = M["cpu", "prefill"].home                                      # cpu_home_p
+    home.weights(l * W, "cpu")
+    home.sequence.add(gib(2 * s * h1), "activations", "cpu")
+    home.sequence.add(gib(4 * s * kv * l), "cache", "cpu")
+    work = M["cpu", "prefill"].working[GROUP]                            # cpu_work_p
+    work.weights(W, *off_gpu)                                            # wi*(1-wg)
+    work.microbatch.add(gib(2 * s * h1), "activations", *off_gpu)
+    home = M["cpu", "decode"].home                                       # cpu_home_g
+    home.weights(l * W, "cpu")
+    home.sequence.add(gib(2 * h1), "activations", "cpu")
+    home.sequence.add(gib(4 * (s + n) * kv * l), "cache", "cpu")
+    work = M["cpu", "decode"].working[GROUP]                             # cpu_work_g
+    work.weights(W, "disk")                                              # wi*wn
+    work.microbatch.add(gib(4 * h1), "activations", "disk")
+    work.microbatch.add(gib(8 * (s + n) * kv), "cache", "disk")
+    work.microbatch.const = gib(2 * nh * (s + n) + 2 * h1)
+    home = M["disk", None].home                                          # disk
+    home.weights(l * W, "disk")
+    home.sequence.add(gib(2 * s * h1), "activations", "disk")
+    home.sequence.add(gib(4 * (s + n) * kv * l), "cache", "disk")
+    del M["disk", None].working[GROUP]
 
     eff = hw.cpu_efficiency
     allowed = {(k, d): True for k in ("weights", "cache", "activations") for d in DEVICES}
@@ -122,13 +130,13 @@ def build(sc: Scenario) -> Accounting:
 
     return Accounting(
         mode="flexllmgen",
-        num_layers=l,
         gen_len=n,
+        groups=(LayerGroup(GROUP, l, T),),
+        memory=M,
+        weights_gib=l * W,
         dense_weights_gib=gib(dense_bytes) / shrink,
         expert_weights_gib=tuple(gib(expert_bytes) / shrink for _ in range(E)),
         routing_probability=routing,
-        time=T,
-        memory=M,
         efficiency=lambda g: cpu_attention_efficiency(g, h1, eff.c1, eff.c2, eff.c3),
         allowed=allowed,
         notes=("flexllmgen accounting: the original script's byte/FLOP counts (DESIGN.md section 3)",),

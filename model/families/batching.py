@@ -49,7 +49,7 @@ def add(m, data) -> None:
 
 
 def _quantities(acc):
-    return list(acc.time.values()) + list(acc.memory.values())
+    return acc.time_quantities() + acc.memory_quantities()
 
 
 def _add_fixed(m, blk, data) -> None:
@@ -125,16 +125,17 @@ def _add_exact(m, blk, data) -> None:
     points = sorted({N_lo, N_hi} | {2**k for k in range(N_hi.bit_length()) if N_lo <= 2**k <= N_hi})
     blk.TANGENT_POINTS = pyo.Set(initialize=points, ordered=True, doc="N0 where 1/N is cut by its tangent")
 
+    # Each cut is scaled by N0 (or N_hi) so that its coefficients lie in [1/N0, N0], not [1/N0^2, 1].
     @blk.Constraint(blk.TANGENT_POINTS, doc="v >= tangent of 1/N at N0")
     def reciprocal_above_tangent(blk, n0):
-        """v >= 2/N0 - N/N0^2"""
-        return blk.per_microbatch >= 2.0 / n0 - blk.num_gpu_batches / n0**2
+        """N0 v + N / N0 >= 2   (v >= 2/N0 - N/N0^2)"""
+        return n0 * blk.per_microbatch + blk.num_gpu_batches / n0 >= 2.0
 
     if N_hi > N_lo:
         @blk.Constraint(doc="v <= chord of 1/N over [N_lo, N_hi]")
         def reciprocal_below_chord(blk):
-            """v <= 1/N_lo - (N - N_lo) / (N_lo * N_hi)"""
-            return blk.per_microbatch <= 1.0 / N_lo - (blk.num_gpu_batches - N_lo) / (N_lo * N_hi)
+            """N_hi v + N / N_lo <= N_hi / N_lo + 1   (v <= 1/N_lo - (N - N_lo) / (N_lo N_hi))"""
+            return N_hi * blk.per_microbatch + blk.num_gpu_batches / N_lo <= N_hi / N_lo + 1.0
 
     @blk.Constraint(doc="u = v/g is at most v/g_lo")
     def per_block_at_most(blk):

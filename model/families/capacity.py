@@ -14,16 +14,20 @@ def add(m, data) -> None:
     blk.capacity_gib = pyo.Param(m.DEVICES, initialize=data.capacity_gib, doc="Capacity C_d in GiB")
     blk.alpha = pyo.Param(m.DEVICES, initialize=data.alpha, doc="Usable share alpha_d of the capacity")
     u, cost = m.batching.per_block, m.cost
-
-    @blk.Constraint(m.PHASES, doc="GPU home + working memory within alpha_gpu * C_gpu")
-    def gpu_memory_within_capacity(blk, ph):
-        """gpu_mem[ph] / b <= alpha_gpu C_gpu u"""
-        return cost.gpu_memory_per_seq_gib[ph] <= blk.alpha["gpu"] * blk.capacity_gib["gpu"] * u
-
-    @blk.Constraint(m.PHASES, doc="CPU home + working memory within alpha_cpu * C_cpu")
-    def cpu_memory_within_capacity(blk, ph):
-        """cpu_mem[ph] / b <= alpha_cpu C_cpu u"""
-        return cost.cpu_memory_per_seq_gib[ph] <= blk.alpha["cpu"] * blk.capacity_gib["cpu"] * u
+    for dev, label in (("gpu", "GPU"), ("cpu", "CPU")):
+        working = getattr(cost, f"{dev}_working_per_seq_gib")
+        home = getattr(cost, f"{dev}_home_per_seq_gib")
+        peak = pyo.Var(m.PHASES, within=pyo.NonNegativeReals,
+                       doc=f"{label} working buffers of the largest layer in flight, divided by b, GiB")
+        blk.add_component(f"{dev}_working_peak_per_seq_gib", peak)
+        blk.add_component(f"{dev}_working_peak_covers_group", pyo.Constraint(
+            m.PHASES, m.LAYER_GROUPS, rule=lambda b, ph, grp, peak=peak, working=working:
+            peak[ph] >= working[ph, grp],
+            doc=f"{label} working peak >= the buffers of every layer group (one layer runs at a time)"))
+        blk.add_component(f"{dev}_memory_within_capacity", pyo.Constraint(
+            m.PHASES, rule=lambda b, ph, dev=dev, home=home, peak=peak:
+            home[ph] + peak[ph] <= b.alpha[dev] * b.capacity_gib[dev] * u,
+            doc=f"{label} home + working memory within alpha * capacity: (home + work) / b <= alpha C u"))
 
     @blk.Constraint(doc="Disk memory within alpha_disk * C_disk")
     def disk_memory_within_capacity(blk):
