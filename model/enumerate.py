@@ -48,7 +48,8 @@ def _row(acc: Accounting, q, g: int, b: int, ncol: int):
     for part, scale in ((q.sequence, b), (q.microbatch, g), (q.cpu_attention, b * eff)):
         for kd, c in part.coef.items():
             coef[_IDX[kd]] += scale * c
-    const = q.const + b * q.sequence.const + g * q.microbatch.const + b * eff * q.cpu_attention.const
+    const = q.const + b * q.sequence.const + g * q.microbatch.const + b * eff * q.cpu_attention.const \
+        + b * sum(f(g) for f in q.per_batch_size)
     return coef, const
 
 

@@ -61,6 +61,13 @@ class Result:
         return self.evaluation.throughput_tokens_per_s if self.evaluation else None
 
     @property
+    def model_info(self) -> dict:
+        """What was modeled: name, total and active parameters, weights GiB, KV bytes per token."""
+        from .accounting import model_info
+
+        return model_info(self.scenario, self.accounting)
+
+    @property
     def block_size(self) -> int | None:
         return None if self.gpu_batch_size is None else self.gpu_batch_size * self.num_gpu_batches
 
@@ -170,9 +177,9 @@ def optimize(sc: Scenario) -> Result:
             raise SolverError(f"{milp_res.solver} stopped ({milp_res.termination}) without a policy "
                               f"after {milp_res.wall_s:.1f} s")
         g, N = _batch_sizes(m)
-        lp, lp_res, g2, N2, notes = _resolve_with_repair(data, g, N, sc, opts)
+        lp, lp_res, g2, N2, notes, facts = _resolve_with_repair(data, g, N, sc, opts)
         if notes:
-            lp, lp_res, g2, N2, more = _certify(m, data, sc, opts, milp_res, (lp, lp_res, g2, N2), (g, N))
+            lp, lp_res, g2, N2, more = _certify(m, data, sc, opts, milp_res, (lp, lp_res, g2, N2), (g, N), facts)
             notes += more
         else:
             _check_agreement(milp_res, lp_res, sc.solver.mip_gap, g, N)
@@ -201,16 +208,26 @@ def _batch_sizes(m) -> tuple[int, int]:
     return int(round(pyo.value(m.batching.gpu_batch_size))), int(round(pyo.value(m.batching.num_gpu_batches)))
 
 
-def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, max_rounds: int = 20):
+def _apply_facts(m, data: ModelData, facts) -> None:
+    """Add the cuts that exact re-checks proved: g values that never fit, N caps per g."""
+    for fact in facts:
+        if fact[0] == "forbid_g":
+            batching.forbid_batch_size(m, fact[1])
+        else:
+            batching.cap_num_batches(m, fact[1], fact[2], data.N_hi)
+
+
+def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, facts, max_rounds: int = 50):
     """Prove a repaired policy is within the gap, improving it if the solver finds better.
 
     The solver's objective is optimistic when its (g, N) was infeasible by tolerances;
     without a bound from the solver, ``objective * (1 - gap)`` still bounds the true
     optimum from below (the solver solved a relaxation of our problem to that gap).
     When that does not certify the repaired policy, the MILP is re-solved with a
-    cutoff ``t <= t_repaired * (1 - gap)`` and a no-good cut excluding each (g, N)
-    already tried: infeasible means certified; a new (g, N) is repaired and kept if
-    better. Returns the best (lp, result, g, N) and notes saying what happened.
+    cutoff ``t <= t_repaired * (1 - gap)`` and cuts that the exact re-checks proved
+    (a g that fits with no N, and for each g tried the N above which nothing fits;
+    feasibility is monotone in g and N): infeasible means certified; a new (g, N) is
+    repaired and kept if better. Returns the best (lp, result, g, N) and notes.
     """
     gap = sc.solver.mip_gap
     lp, lp_res, g, N = best
@@ -219,6 +236,7 @@ def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, max_roun
         return lp, lp_res, g, N, [f"the repaired policy is within the gap of the solver's bound "
                                    f"({100 * (1 - lower / lp_res.objective):.4f}%)"]
     batching.exclude_batch_sizes(m, *first)
+    _apply_facts(m, data, facts)
     m.batching.cutoff = pyo.Constraint(expr=m.objective.time_per_seq_s <= lp_res.objective * (1 - gap),
                                        doc="certification: strictly better than the repaired policy")
     for _ in range(max_rounds):
@@ -231,6 +249,7 @@ def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, max_roun
         tried = _batch_sizes(m)
         batching.exclude_batch_sizes(m, *tried)
         cand = _resolve_with_repair(data, *tried, sc, opts)
+        _apply_facts(m, data, cand[5])
         if cand[1].objective < lp_res.objective:
             lp, lp_res, g, N = cand[:4]
             m.batching.cutoff.set_value(m.objective.time_per_seq_s <= lp_res.objective * (1 - gap))
@@ -257,30 +276,47 @@ def _resolve_with_repair(data: ModelData, g: int, N: int, sc: Scenario, opts):
     A binary expansion multiplies the solver's integrality and feasibility tolerances
     by up to 2^k (DESIGN.md 2.5), and some solvers (glpsol) do not let us tighten them,
     so the MILP may return an (g, N) that is infeasible by a hair. Feasibility is
-    monotone in N (every memory term grows with b), so the largest feasible N' < N
-    for the same g (or a smaller g) is found by bisection. The caller then checks
-    that the repaired policy is still within the gap of the MILP's objective/bound.
+    monotone in g and in N (every memory term grows with g and b), so bisection finds
+    the largest g' <= g that fits with N_lo (when g itself does not), then the largest
+    N' that fits with g'. The caller then checks that the repaired policy is still
+    within the gap of the MILP's objective or bound.
     """
     lp, res = _try_fixed(data, g, N, sc, opts)
     if lp is not None:
-        return lp, res, g, N, []
-    for g2 in range(g, max(data.g_lo, g - 2) - 1, -1):
-        n_lo, n_hi = data.N_lo, (N if g2 == g else min(data.N_hi, data.b_hi // g2) + 1)
-        best = _try_fixed(data, g2, n_lo, sc, opts)
-        if best[0] is None:
-            continue
-        best_n = n_lo
-        while n_hi - n_lo > 1:  # invariant: n_lo feasible, n_hi infeasible
-            mid = (n_lo + n_hi) // 2
-            cand = _try_fixed(data, g2, mid, sc, opts)
+        return lp, res, g, N, [], []
+
+    def largest(lo: int, hi: int, fits) -> tuple[int, tuple] | None:
+        """Largest x in [lo, hi) with fits(x) (monotone: true up to some x, false after), by bisection."""
+        at_lo = fits(lo)
+        if at_lo[0] is None:
+            return None
+        best = (lo, at_lo)
+        while hi - lo > 1:  # invariant: lo fits, hi does not
+            mid = (lo + hi) // 2
+            cand = fits(mid)
             if cand[0] is not None:
-                n_lo, best, best_n = mid, cand, mid
+                lo, best = mid, (mid, cand)
             else:
-                n_hi = mid
-        note = (f"the solver's choice g={g}, N={N} does not fit in exact arithmetic (solver tolerances); "
-                f"repaired to the largest feasible g={g2}, N={best_n}")
-        return best[0], best[1], g2, best_n, [note]
-    raise SolverError(f"{sc.solver.name}: the MILP's g={g}, N={N} is infeasible and no nearby (g, N) fits: "
+                hi = mid
+        return best
+
+    g2 = g
+    if N > data.N_lo and _try_fixed(data, g, data.N_lo, sc, opts)[0] is None:
+        found = largest(data.g_lo, g, lambda x: _try_fixed(data, x, data.N_lo, sc, opts))
+        g2 = None if found is None else found[0]
+    elif N == data.N_lo:
+        found = largest(data.g_lo, g, lambda x: _try_fixed(data, x, data.N_lo, sc, opts))
+        g2 = None if found is None else found[0]
+    if g2 is not None:
+        n_hi = N if g2 == g else min(data.N_hi, data.b_hi // g2) + 1
+        found = largest(data.N_lo, n_hi, lambda x: _try_fixed(data, g2, x, sc, opts))
+        if found is not None:
+            best_n, (lp, res) = found
+            note = (f"the solver's choice g={g}, N={N} does not fit in exact arithmetic (solver tolerances); "
+                    f"repaired to g={g2}, N={best_n} (the largest that fit, by bisection)")
+            facts = [("forbid_g", x) for x in range(g2 + 1, g + 1)] + [("cap_N", g2, best_n)]
+            return lp, res, g2, best_n, [note], facts
+    raise SolverError(f"{sc.solver.name}: the MILP's g={g}, N={N} is infeasible and no smaller (g, N) fits: "
                       f"the solver's tolerances are too loose for this model ({res.termination})")
 
 
@@ -312,7 +348,7 @@ def _check_agreement(milp, lp, gap: float, g: int, N: int) -> None:
 def _fractions(lp, b: int) -> dict[tuple[str, str], float]:
     pl = lp.placement
     out = {}
-    w = {d: max(0.0, pyo.value(pl.weights_per_seq[d])) for d in DEVICES}
+    w = {d: max(0.0, pyo.value(pl.weights_fraction[d])) for d in DEVICES}
     tot = sum(w.values())
     for d in DEVICES:
         out[("weights", d)] = w[d] / tot
@@ -374,8 +410,8 @@ def _integer_percents_at(data: ModelData, g: int, N: int, solver: str, opts):
         m.placement.SEQ_KINDS, m.DEVICES,
         rule=lambda b, k, d: m.placement.fraction[k, d] == b.percent[k, d] / 100, doc="p = percent / 100")
     blk.weights_fraction_is_percent = pyo.Constraint(
-        m.DEVICES, rule=lambda b, d: m.placement.weights_per_seq[d] == b.percent["weights", d] / 100
-        * m.batching.per_block, doc="p[weights, d] / b = percent / 100 * u")
+        m.DEVICES, rule=lambda b, d: m.placement.weights_fraction[d] == b.percent["weights", d] / 100,
+        doc="p[weights, d] = percent / 100")
     r = solvers.solve(m, solver, is_mip=True, **{**opts, "mip_gap": 1e-6})
     if not r.has_solution:
         return None

@@ -24,8 +24,7 @@ def to_json(res: Result) -> dict[str, Any]:
     out: dict[str, Any] = {
         "status": res.status,
         "scenario": sc.name,
-        "model": {"name": sc.model.name, "accounting": res.accounting.mode,
-                  "weights_gib": res.accounting.weights_gib},
+        "model": res.model_info,
         "workload": {"prompt_len": sc.workload.prompt_len, "gen_len": sc.workload.gen_len},
         "capacity_gib": res.capacity_gib,
         "usable_gib": res.usable_gib,
@@ -49,6 +48,11 @@ def to_json(res: Result) -> dict[str, Any]:
             "prefill_layer_total": ev.prefill_layer_s,
             "decode_layer_total": ev.decode_layer_s,
             "bottleneck": dict(ev.bottleneck),
+            "layer_groups": [
+                {"name": gt.name, "count": gt.count, "prefill_layer": dict(gt.layer_time_s["prefill"]),
+                 "decode_layer": dict(gt.layer_time_s["decode"]), "prefill_layer_total": gt.prefill_layer_s,
+                 "decode_layer_total": gt.decode_layer_s, "bottleneck": dict(gt.bottleneck)}
+                for gt in ev.groups],
         }
         pk = ev.peak_memory_gib
         out["peak_memory_gib"] = {
@@ -87,9 +91,17 @@ def to_json(res: Result) -> dict[str, Any]:
 def to_text(res: Result) -> str:
     """A readable report: policy, throughput, time breakdown, memory, solver, FlexLLMGen flags."""
     sc, acc, ev = res.scenario, res.accounting, res.evaluation
+    mi = res.model_info
+    layers = " + ".join(f"{c} {g}" for g, c in mi["layers"].items())
     lines = [
-        f"Scenario  {sc.name}: {sc.model.name} ({acc.mode} accounting, {acc.weights_gib:.2f} GiB weights), "
-        f"prompt {sc.workload.prompt_len}, generation {sc.workload.gen_len}",
+        f"Scenario  {sc.name}: prompt {sc.workload.prompt_len}, generation {sc.workload.gen_len}",
+        f"Model     {mi['name']} ({mi['model_type']}, {acc.mode} accounting): "
+        f"{mi['total_parameters'] / 1e9:.2f} B parameters, {mi['active_parameters_per_token'] / 1e9:.2f} B "
+        f"active per token; {layers} layers",
+        f"          weights {mi['weights_gib']:.2f} GiB placed by the policy"
+        + (f" + {mi['gpu_resident_gib']:.2f} GiB resident on the GPU (embeddings, LM head)"
+           if mi["gpu_resident_gib"] else "")
+        + f"; KV cache {mi['kv_cache_bytes_per_token'] / 1024:.0f} KiB per token",
         f"Hardware  {sc.hardware.name}: GPU {res.capacity_gib['gpu']:g} / CPU {res.capacity_gib['cpu']:g} / "
         f"disk {res.capacity_gib['disk']:g} GiB",
         "",
@@ -117,13 +129,16 @@ def to_text(res: Result) -> str:
             "",
             "Per layer (s)   " + "".join(f"{c:>11}" for c in COMPONENTS) + "      layer  bottleneck",
         ]
-        for ph in PHASES:
-            t = ev.layer_time_s[ph]
-            layer = ev.prefill_layer_s if ph == "prefill" else ev.decode_layer_s
-            neck = ev.bottleneck[ph]
-            neck_name = " + ".join(COMPONENT_NAMES[c] for c in neck.split("+"))
-            lines.append(f"  {ph:<14}" + "".join(f"{t[c]:11.5f}" for c in COMPONENTS)
-                         + f" {layer:10.5f}  {neck_name}")
+        several = len(ev.groups) > 1
+        for gt in ev.groups:
+            if several:
+                lines.append(f"  {gt.name} ({gt.count} layer{'s' if gt.count > 1 else ''})")
+            for ph in PHASES:
+                t = gt.layer_time_s[ph]
+                layer = gt.prefill_layer_s if ph == "prefill" else gt.decode_layer_s
+                neck_name = " + ".join(COMPONENT_NAMES[c] for c in gt.bottleneck[ph].split("+"))
+                lines.append(f"  {ph:<14}" + "".join(f"{t[c]:11.5f}" for c in COMPONENTS)
+                             + f" {layer:10.5f}  {neck_name}")
         lines.append("  (prefill = max(ctog+dtoc, gtoc+ctod, comp); decode step = ctog + max(gtoc, dtoc, ctod, comp))")
         lines += ["", "Peak memory (GiB)    prefill     decode     usable"]
         alpha = sc.hardware.alpha

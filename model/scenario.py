@@ -385,7 +385,11 @@ def to_dict(scenario: Scenario) -> dict:
             return [plain(v) for v in x]
         return x
 
-    return plain(dataclasses.asdict(scenario))
+    out = plain(dataclasses.asdict(scenario))
+    if out["model"].get("hf_config") is not None:  # the config file gives these; they are unused defaults
+        for key in ARCHITECTURE_FIELDS:
+            out["model"].pop(key, None)
+    return out
 
 
 def override(scenario: Scenario, overrides: dict[str, Any]) -> Scenario:

@@ -85,6 +85,8 @@ class Quantity:
     sequence: Affine = field(default_factory=Affine)
     microbatch: Affine = field(default_factory=Affine)
     cpu_attention: Affine = field(default_factory=Affine)
+    # b * f(g) for each f: per-sequence terms that depend on the GPU batch size alone
+    per_batch_size: tuple[Callable[[int], float], ...] = ()
 
     def weights(self, amount: float, *devices: str) -> "Quantity":
         """Add ``amount`` times each listed weights fraction (per block)."""
@@ -99,6 +101,7 @@ class Quantity:
             "sequence": b * self.sequence.value(p),
             "microbatch": g * self.microbatch.value(p),
             "cpu_attention": b * efficiency * self.cpu_attention.value(p),
+            "batch_size": b * sum(f(g) for f in self.per_batch_size),
         }
 
     def value(self, b: int, g: int, efficiency: float, p: Fractions) -> float:
@@ -106,7 +109,10 @@ class Quantity:
 
     def plus(self, other: "Quantity", scale: float = 1.0) -> "Quantity":
         """``self + scale * other``."""
-        out = Quantity(const=self.const + scale * other.const, block=dict(self.block))
+        scaled = other.per_batch_size if scale == 1.0 else tuple(
+            (lambda g, f=f: scale * f(g)) for f in other.per_batch_size)
+        out = Quantity(const=self.const + scale * other.const, block=dict(self.block),
+                       per_batch_size=self.per_batch_size + scaled)
         for d, c in other.block.items():
             out.block[d] = out.block.get(d, 0.0) + scale * c
         for part in _PARTS:
@@ -193,6 +199,24 @@ class Accounting:
             return False
         first = self.efficiency(g_lo)
         return any(self.efficiency(g) != first for g in range(g_lo, g_hi + 1))
+
+    def batch_size_functions(self) -> list[Callable[[int], float]]:
+        """Every per-batch-size function of the time quantities (memory has none)."""
+        return [f for q in self.time_quantities() for f in q.per_batch_size]
+
+    def depends_on_batch_size(self, g_lo: int, g_hi: int) -> bool:
+        """Whether some term changes with g over ``g_lo..g_hi`` (beyond g and b themselves)."""
+        if self.efficiency_varies(g_lo, g_hi):
+            return True
+        return any(f(g) != f(g_lo) for f in self.batch_size_functions() for g in range(g_lo, g_hi + 1))
+
+    def flat_from(self, g_lo: int, g_hi: int) -> int:
+        """The smallest g0 >= g_lo from which every g-dependent term is constant up to g_hi."""
+        funcs = self.batch_size_functions() + [self.efficiency]
+        g0 = g_hi
+        while g0 > g_lo and all(f(g0 - 1) == f(g_hi) for f in funcs):
+            g0 -= 1
+        return g0
 
 
 @dataclass

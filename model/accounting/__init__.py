@@ -1,14 +1,65 @@
-"""Accounting modes: how bytes and FLOPs are counted. Each returns a :class:`~model.terms.Accounting`."""
+"""Accounting modes: how bytes and FLOPs are counted. Each returns a :class:`~model.terms.Accounting`.
+
+``exact`` (the default) follows the architecture; ``flexllmgen`` reproduces the
+original script, quirks included (DESIGN.md section 3).
+"""
 
 from __future__ import annotations
 
+from ..architecture import Architecture, from_model_spec, kv_cache_elements_per_token_per_layer, parameter_counts
 from ..scenario import Scenario
 from ..terms import Accounting
-from . import flexllmgen
+from . import exact, flexllmgen
 
-MODES = {"flexllmgen": flexllmgen.build}
+
+def architecture_of(scenario: Scenario) -> Architecture:
+    """The scenario's architecture: its ``hf_config`` if given, else its explicit numbers."""
+    spec = scenario.model
+    if spec.hf_config is not None:
+        from ..hf_config import from_hf_config
+
+        arch = from_hf_config(spec.hf_config, name=spec.name if spec.name != "Mixtral-8x7B" else None)
+        if spec.routing_probabilities is not None:
+            from dataclasses import replace
+
+            moe = arch.moe_group
+            if moe is None or len(spec.routing_probabilities) != moe.mlp.num_experts:
+                from ..errors import InputError
+
+                raise InputError("model.routing_probabilities", list(spec.routing_probabilities),
+                                 f"needs one entry per routed expert of the config "
+                                 f"({0 if moe is None else moe.mlp.num_experts})")
+            arch = replace(arch, routing_probabilities=tuple(spec.routing_probabilities))
+        return arch
+    return from_model_spec(spec)
 
 
 def build_accounting(scenario: Scenario) -> Accounting:
     """The accounting of ``scenario.model.accounting`` for this scenario."""
-    return MODES[scenario.model.accounting](scenario)
+    if scenario.model.accounting == "flexllmgen":
+        if scenario.model.hf_config is not None:
+            from ..errors import InputError
+
+            raise InputError("model.accounting", "flexllmgen",
+                             "the reference accounting knows only Mixtral's explicit numbers; "
+                             "use accounting: exact with model.hf_config")
+        return flexllmgen.build(scenario)
+    return exact.build(scenario, architecture_of(scenario))
+
+
+def model_info(scenario: Scenario, acc: Accounting) -> dict:
+    """What was modeled: name, parameters (total, active per token), weights GiB, KV bytes per token."""
+    arch = architecture_of(scenario)
+    counts = parameter_counts(arch)
+    return {
+        "name": arch.name,
+        "model_type": arch.model_type,
+        "accounting": acc.mode,
+        "total_parameters": counts.total,
+        "active_parameters_per_token": counts.active_per_token,
+        "weights_gib": acc.weights_gib,
+        "gpu_resident_gib": acc.gpu_resident_gib,
+        "kv_cache_bytes_per_token": 2 * kv_cache_elements_per_token_per_layer(arch) * arch.num_layers,
+        "layers": {g.name: g.count for g in arch.groups},
+        "source": arch.source,
+    }

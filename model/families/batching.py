@@ -45,6 +45,8 @@ def add(m, data) -> None:
     @blk.Constraint(doc="Weights fractions sum to one, divided by b")
     def weights_fractions_sum_to_one(blk):
         """sum_d p[weights, d] / b = 1/b = u"""
+        if data.fixed_batch is not None:
+            return sum(m.placement.weights_fraction[d] for d in m.DEVICES) == 1
         return sum(m.placement.weights_per_seq[d] for d in m.DEVICES) == blk.per_block
 
 
@@ -60,6 +62,7 @@ def _add_fixed(m, blk, data) -> None:
     blk.per_block = pyo.Param(initialize=1.0 / b, doc="u = 1/b (fixed)")
     blk.per_microbatch = pyo.Param(initialize=1.0 / N, doc="v = 1/N (fixed)")
     blk.efficiency = pyo.Param(initialize=data.accounting.efficiency(g), doc="eff(g) (fixed)")
+    blk.g_choice = {g: 1.0}  # value_at_batch_size(f) = f(g)
     frac = m.placement.fraction
 
     @blk.Expression(blk.MICRO_FRACTIONS, doc="p[k, d] / N")
@@ -223,6 +226,7 @@ def _efficiency_from_one_hot(m, blk, data) -> None:
     """eff(g) p[k, d] = sum_c eff(c) r[c, k, d], r[c] <= x_c, sum_c r[c] = p[k, d] (g is one-hot)."""
     acc = data.accounting
     frac = m.placement.fraction
+    blk.g_choice = {c: blk.batch_size_is[c] for c in blk.BATCH_SIZES}
     if not acc.efficiency_varies(data.g_lo, data.g_hi) or not len(blk.CPU_ATTENTION_FRACTIONS):
         _constant_efficiency(m, blk, data)
         return
@@ -292,15 +296,15 @@ def _mccormick(blk, name, index, bit, other, other_hi, hi_when_set) -> None:
 
 
 def _add_efficiency(m, blk, data) -> None:
-    """eff(g) p[k, d] when g is in bits: a one-hot over the g values where eff varies, plus one flat bucket."""
+    """eff(g) p[k, d] and f(g) terms when g is in bits: a one-hot over the g values where some
+    g-dependent term varies, plus one bucket from which all of them are flat."""
     acc = data.accounting
     g_lo, g_hi = data.g_lo, data.g_hi
-    if not acc.efficiency_varies(g_lo, g_hi) or not len(blk.CPU_ATTENTION_FRACTIONS):
+    if not acc.depends_on_batch_size(g_lo, g_hi):
         _constant_efficiency(m, blk, data)
+        blk.g_choice = {g_hi: 1.0}
         return
-    flat_from = g_hi
-    while flat_from > g_lo and acc.efficiency(flat_from - 1) == acc.efficiency(g_hi):
-        flat_from -= 1
+    flat_from = acc.flat_from(g_lo, g_hi)
     choices = list(range(g_lo, flat_from + 1))  # the last choice stands for flat_from..g_hi
     blk.EFFICIENCY_CHOICES = pyo.Set(initialize=choices, ordered=True,
                                      doc=f"g values where eff(g) varies; {flat_from} stands for {flat_from}..{g_hi}")
@@ -325,6 +329,10 @@ def _add_efficiency(m, blk, data) -> None:
         """extra <= (g_hi - flat_from) x_flat"""
         return blk.batch_size_beyond_flat <= (g_hi - flat_from) * blk.efficiency_choice[flat_from]
 
+    blk.g_choice = {c: blk.efficiency_choice[c] for c in choices}
+    if not acc.efficiency_varies(g_lo, g_hi) or not len(blk.CPU_ATTENTION_FRACTIONS):
+        _constant_efficiency(m, blk, data)
+        return
     blk.efficiency = pyo.Expression(expr=sum(blk.efficiency_value[c] * blk.efficiency_choice[c]
                                              for c in blk.EFFICIENCY_CHOICES), doc="eff(g)")
     _split_fractions(m, blk, blk.EFFICIENCY_CHOICES, m.placement.fraction, blk.efficiency_choice)
@@ -332,22 +340,43 @@ def _add_efficiency(m, blk, data) -> None:
 
 
 
-def exclude_batch_sizes(m, g: int, N: int) -> None:
-    """Add a no-good cut that forbids the pair (g, N) (used to certify repaired policies).
-
-    Over the binary encoding of (g, N): at least one of its bits must differ.
-    """
-    blk = m.batching
-    if not hasattr(blk, "excluded"):
-        blk.excluded = pyo.ConstraintList(doc="No-good cuts: (g, N) pairs already examined")
-    terms = []
-    for k in blk.N_BITS:
-        z = blk.num_gpu_batches_bit[k]
-        terms.append(1 - z if (N >> k) & 1 else z)
+def _differs_from(blk, g: int):
+    """An expression that is 0 when the GPU batch size equals ``g`` and >= 1 otherwise."""
     if hasattr(blk, "batch_size_is"):
-        terms.append(1 - blk.batch_size_is[g])
-    else:
-        for j in blk.G_BITS:
-            y = blk.gpu_batch_size_bit[j]
-            terms.append(1 - y if (g >> j) & 1 else y)
-    blk.excluded.add(sum(terms) >= 1)
+        return 1 - blk.batch_size_is[g] if g in blk.BATCH_SIZES else 1
+    return sum(1 - blk.gpu_batch_size_bit[j] if (g >> j) & 1 else blk.gpu_batch_size_bit[j] for j in blk.G_BITS)
+
+
+def _cuts(blk):
+    if not hasattr(blk, "excluded"):
+        blk.excluded = pyo.ConstraintList(doc="Cuts from exact re-checks: (g, N) pairs and ranges that do not fit")
+    return blk.excluded
+
+
+def exclude_batch_sizes(m, g: int, N: int) -> None:
+    """Forbid the pair (g, N): at least one bit of its encoding must differ (a no-good cut)."""
+    blk = m.batching
+    n_bits = sum(1 - blk.num_gpu_batches_bit[k] if (N >> k) & 1 else blk.num_gpu_batches_bit[k]
+                 for k in blk.N_BITS)
+    _cuts(blk).add(n_bits + _differs_from(blk, g) >= 1)
+
+
+def forbid_batch_size(m, g: int) -> None:
+    """Forbid g (an exact LP showed that nothing fits with g even at the fewest GPU batches)."""
+    _cuts(m.batching).add(_differs_from(m.batching, g) >= 1)
+
+
+def cap_num_batches(m, g: int, n_max: int, n_hi: int) -> None:
+    """With GPU batch size g, N <= n_max (an exact LP showed every larger N does not fit)."""
+    blk = m.batching
+    _cuts(blk).add(blk.num_gpu_batches <= n_max + (n_hi - n_max) * _differs_from(blk, g))
+
+
+def value_at_batch_size(m, f):
+    """The expression of ``f(g)`` for a function of the GPU batch size alone.
+
+    With g one-hot (or one-hot over the values where g-dependent terms vary, the
+    last choice standing for a range on which every such term is flat) this is
+    ``sum_c f(c) x_c``; with g fixed it is the constant ``f(g)``.
+    """
+    return sum(f(c) * x for c, x in m.batching.g_choice.items())

@@ -1,10 +1,15 @@
 """Cost: every time and memory quantity of the accounting, per sequence.
 
+Units inside the model are chosen so that coefficients stay far from solver
+tolerances: per-sequence times in microseconds (a decode step's hidden-state
+transfer is ~0.6 us per sequence and layer, which in seconds sits at the 1e-7 level
+where glpsol's tolerances accept violating it) and per-sequence memory in MiB.
+
 A quantity ``Q = W*block + b*sequence + g*microbatch + b*eff(g)*cpu_attention``
 (see :mod:`model.terms`) divided by ``b`` is linear in the model's variables:
 
     Q / b = W * sum_d c_d p[weights,d]/b + sequence(p)
-            + microbatch(p / N) + cpu_attention(eff(g) p)
+            + microbatch(p / N) + cpu_attention(eff(g) p) + sum_f f(g)
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import pyomo.environ as pyo
 
 from ..terms import Affine, Quantity
+from .batching import value_at_batch_size
 
 
 def per_sequence(m, q: Quantity):
@@ -22,6 +28,8 @@ def per_sequence(m, q: Quantity):
     expr += _affine(q.sequence, 1.0, lambda k, d: pl.fraction[k, d], m)
     expr += _affine(q.microbatch, bt.per_microbatch, lambda k, d: bt.fraction_per_microbatch[k, d], m)
     expr += _affine(q.cpu_attention, bt.efficiency, lambda k, d: bt.efficiency_times_fraction[k, d], m)
+    for f in q.per_batch_size:
+        expr += value_at_batch_size(m, f)
     return expr
 
 
@@ -34,23 +42,27 @@ def _affine(a: Affine, unit, var, m):
     return expr
 
 
+US_PER_S = 1e6      # model time unit: microseconds
+MIB_PER_GIB = 1024  # model memory unit: MiB
+
+
 def add(m, data) -> None:
-    m.cost = blk = pyo.Block(doc="Per-sequence times and memory of the accounting")
+    m.cost = blk = pyo.Block(doc="Per-sequence times (us) and memory (MiB) of the accounting")
     acc = data.accounting
     groups = {g.name: g for g in acc.groups}
 
     @blk.Expression(m.LAYER_GROUPS, m.PHASES, m.COMPONENTS,
-                    doc="Seconds per layer of a group divided by b, per phase and component")
-    def layer_time_per_seq_s(blk, grp, ph, c):
-        return per_sequence(m, groups[grp].time[ph, c])
+                    doc="Microseconds per layer of a group divided by b, per phase and component")
+    def layer_time_per_seq_us(blk, grp, ph, c):
+        return US_PER_S * per_sequence(m, groups[grp].time[ph, c])
 
     for dev, label in (("gpu", "GPU"), ("cpu", "CPU")):
-        blk.add_component(f"{dev}_home_per_seq_gib", pyo.Expression(
-            m.PHASES, rule=lambda b, ph, dev=dev: per_sequence(m, acc.memory[dev, ph].home),
-            doc=f"{label} home memory (resident weights, KV cache, activations) divided by b, GiB"))
-        blk.add_component(f"{dev}_working_per_seq_gib", pyo.Expression(
+        blk.add_component(f"{dev}_home_per_seq_mib", pyo.Expression(
+            m.PHASES, rule=lambda b, ph, dev=dev: MIB_PER_GIB * per_sequence(m, acc.memory[dev, ph].home),
+            doc=f"{label} home memory (resident weights, KV cache, activations) divided by b, MiB"))
+        blk.add_component(f"{dev}_working_per_seq_mib", pyo.Expression(
             m.PHASES, m.LAYER_GROUPS,
-            rule=lambda b, ph, grp, dev=dev: per_sequence(m, acc.memory[dev, ph].working[grp]),
-            doc=f"{label} working buffers while a layer of the group runs, divided by b, GiB"))
-    blk.disk_memory_per_seq_gib = pyo.Expression(expr=per_sequence(m, acc.memory["disk", None].home),
-                                                 doc="Disk memory divided by b, GiB")
+            rule=lambda b, ph, grp, dev=dev: MIB_PER_GIB * per_sequence(m, acc.memory[dev, ph].working[grp]),
+            doc=f"{label} working buffers while a layer of the group runs, divided by b, MiB"))
+    blk.disk_memory_per_seq_mib = pyo.Expression(
+        expr=MIB_PER_GIB * per_sequence(m, acc.memory["disk", None].home), doc="Disk memory divided by b, MiB")

@@ -29,4 +29,6 @@ def add(m, data) -> None:
     @blk.Constraint(blk.FIXED_WEIGHTS, doc="Weights fraction equals the user's value")
     def weights_fraction_is_fixed(blk, d):
         """p[weights, d] / b = value * u"""
+        if data.fixed_batch is not None:
+            return m.placement.weights_fraction[d] == blk.weights_value[d]
         return m.placement.weights_per_seq[d] == blk.weights_value[d] * m.batching.per_block

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import pyomo.environ as pyo
 
+from .cost import US_PER_S
+
 
 def add(m, data) -> None:
     m.objective = blk = pyo.Block(doc="Time per generated sequence")
     n = data.accounting.gen_len
     tm = m.timing
     blk.time_per_seq_s = pyo.Expression(
-        expr=sum(m.layer_count[grp] * (tm.prefill_layer_s[grp] + (n - 1) * tm.decode_layer_s[grp])
-                 for grp in m.LAYER_GROUPS),
+        expr=sum(m.layer_count[grp] * (tm.prefill_layer_us[grp] + (n - 1) * tm.decode_layer_us[grp])
+                 for grp in m.LAYER_GROUPS) / US_PER_S,
         doc="Seconds per sequence: sum_groups count * (T_prefill/b + (n-1)*T_decode/b)")
     blk.minimize_time_per_seq = pyo.Objective(expr=blk.time_per_seq_s, sense=pyo.minimize,
                                               doc="Minimize time per sequence (maximize throughput)")

@@ -3,7 +3,9 @@
 Cache and activation fractions are ordinary variables in [0, 1]. Weights enter the
 per-sequence model only divided by the block size, as ``weights_per_seq[d] =
 p[weights, d] / b`` (DESIGN.md section 2.1); their sum-to-one constraint needs
-``1/b`` and so lives in the batching family.
+``1/b`` and so lives in the batching family. With the batch sizes fixed (the LP
+re-solve), the weights fraction itself is the variable: values of order ``1/b``
+would sit at the scale of a solver's absolute tolerances.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ def add(m, data) -> None:
                             doc="Tensor kinds whose bytes grow with the number of sequences")
     blk.fraction = pyo.Var(blk.SEQ_KINDS, m.DEVICES, bounds=(0, 1),
                            doc="Fraction of a tensor kind homed on a device, p[k, d]")
-    blk.weights_per_seq = pyo.Var(m.DEVICES, bounds=(0, 1),
-                                  doc="Weights fraction on a device divided by block size, p[weights, d] / b")
+    if data.fixed_batch is None:
+        blk.weights_per_seq = pyo.Var(m.DEVICES, bounds=(0, 1),
+                                      doc="Weights fraction on a device divided by block size, p[weights, d] / b")
+    else:  # b is fixed: keep the fraction itself as the variable (well scaled), and divide by b
+        g, N = data.fixed_batch
+        blk.weights_fraction = pyo.Var(m.DEVICES, bounds=(0, 1), doc="Fraction of the weights on a device")
+        blk.weights_per_seq = pyo.Expression(m.DEVICES, rule=lambda b, d: b.weights_fraction[d] / (g * N),
+                                             doc="p[weights, d] / b with b fixed")
 
     @blk.Constraint(blk.SEQ_KINDS, doc="Each cache/activation fraction triple sums to one")
     def fractions_sum_to_one(blk, k):
