@@ -26,6 +26,7 @@ from .build import ModelData, build_model
 from .families import batching
 from .errors import Infeasible, SolverError
 from .scenario import DEVICE_NAMES, Scenario
+from .sensitivity import Sensitivity, sensitivity
 from .terms import DEVICES, MEMORY_KEYS, SEQ_KINDS, TENSOR_KINDS, Accounting, Evaluation, evaluate, \
     fractions_from_percent
 
@@ -55,6 +56,7 @@ class Result:
     total_s: float = 0.0
     infeasible_reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    sensitivity: Sensitivity | None = None
 
     @property
     def throughput_tokens_per_s(self) -> float | None:
@@ -198,6 +200,7 @@ def optimize(sc: Scenario) -> Result:
         raise SolverError("solved policy violates capacity: " + "; ".join(bad))
     res.binding_bounds = _binding(bounds, g, N)
     res.notes = notes
+    res.sensitivity = sensitivity(sc, data, g, N)
     res.flexllmgen_num_gpu_batches, res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(
         data, g, N, sc.solver.name, opts)
     res.total_s = time.perf_counter() - t_start

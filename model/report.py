@@ -76,6 +76,11 @@ def to_json(res: Result) -> dict[str, Any]:
         out["search_bounds"] = {"gpu_batch_size": [b.g_lo, b.g_hi], "num_gpu_batches": [b.N_lo, b.N_hi],
                                 "block_size_max": b.b_hi, "source": dict(b.source),
                                 "binding": list(res.binding_bounds)}
+    if res.sensitivity is not None:
+        sn = res.sensitivity
+        out["sensitivity"] = {"tokens_per_s_per_gib": dict(sn.tokens_per_s_per_gib),
+                              "tokens_per_s_per_gib_per_s": dict(sn.tokens_per_s_per_gib_per_s),
+                              "binding_constraints": list(sn.binding), "note": sn.note}
     flags = flexllmgen_flags(res)
     out["flexllmgen"] = None if flags is None else {
         "gpu_batch_size": res.gpu_batch_size, "num_gpu_batches": res.flexllmgen_num_gpu_batches,
@@ -151,6 +156,17 @@ def to_text(res: Result) -> str:
             else:
                 lines.append(f"  {_LABEL[d]:<16}{ev.peak_memory_gib[(d, 'prefill')]:10.4f} "
                              f"{ev.peak_memory_gib[(d, 'decode')]:10.4f}  {use}")
+        lines.append("")
+    if res.sensitivity is not None:
+        sn = res.sensitivity
+        mem = ", ".join(f"{_LABEL[d]} {v:+.4g}" for d, v in sn.tokens_per_s_per_gib.items())
+        lines.append(f"Limits      binding: {', '.join(sn.binding) if sn.binding else 'none'}")
+        lines.append(f"            tokens/s per extra GiB: {mem}")
+        links = [(k.split('.', 1)[1] + (' (memory)' if k.startswith('memory') else ''), v)
+                 for k, v in sn.tokens_per_s_per_gib_per_s.items()]
+        shown = ", ".join(f"{k} {v:+.4g}" for k, v in links if v) or "none (no link limits this policy)"
+        lines.append(f"            tokens/s per extra GiB/s: {shown}")
+        lines.append(f"            ({sn.note})")
         lines.append("")
     if res.bounds is not None:
         b = res.bounds

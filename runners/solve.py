@@ -4,22 +4,43 @@ Flags override the scenario file (the original script's flags). Fixing all of
 --gpu-batch-size, --num-gpu-batches and --percent evaluates that policy; fixing
 some optimizes the rest.
 
+Output (stdout):
+
+    --format text    the readable report (the default)
+    --format json    one JSON object, model.report.to_json (DESIGN.md section 4); --json is the same
+    --format yaml    the same object as YAML (yaml.safe_dump, keys in the JSON's order)
+    --flexllmgen     instead of a report, one FlexLLMGen command line that runs the policy:
+                     python -m MODULE --model ID --path DIR --prompt-len S --gen-len N
+                     --gpu-batch-size G --num-gpu-batches N' --percent WG WC CG CC HG HC
+                     [--compress-weight], with the integer percents that fit (N' < N
+                     when none fit at N; model.report.flexllmgen_flags)
+
+The FlexLLMGen model id is ``--flexllmgen-model`` when given, else the Hugging Face
+repo id recorded as ``"_source"`` (or ``"_name_or_path"``) in the scenario's
+``model.hf_config`` JSON, else mistralai/Mixtral-8x7B-v0.1 when the scenario's
+architecture numbers are Mixtral-8x7B's (t4_reference, a100_16g). The entry-point
+module (``--flexllmgen-module``, default flexllmgen.flex_moe) is an assumption: FlexLLMGen's
+MoE entry point could not be verified here.
+
 Exit status: 0 a policy was found or evaluated; 1 infeasible, or no policy
-(solver failure, time limit without one); 2 bad input.
+(solver failure, time limit without one), or --flexllmgen and no integer percents
+fit; 2 bad input (one line on stderr naming the field or flag and the value).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
 import pyomo.environ as pyo
+import yaml
 
 from model import Infeasible, InputError, SolverError, evaluate_policy, load_scenario, optimize
 from model.optimize import build_for
-from model.report import to_json, to_text
+from model.report import flexllmgen_flags, to_json, to_text
 
 # flag -> scenario field it overrides
 FLAG_FIELDS = {
@@ -39,6 +60,19 @@ FLAG_FIELDS = {
     "mip_gap": ("--mip-gap", "solver.mip_gap"),
     "threads": ("--threads", "solver.threads"),
 }
+
+
+FORMATS = ("text", "json", "yaml")
+
+# FlexLLMGen command line (--flexllmgen)
+FLEXLLMGEN_MODULE = "flexllmgen.flex_moe"   # assumed MoE entry point: not verifiable here, see --flexllmgen-module
+FLEXLLMGEN_PATH = "_DUMMY_"                 # FlexLLMGen's --path value for dummy weights (throughput runs)
+MIXTRAL_8X7B_ID = "mistralai/Mixtral-8x7B-v0.1"
+MIXTRAL_8X7B_NUMBERS = {"num_layers": 32, "hidden_size": 4096, "intermediate_size": 14336,
+                        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                        "num_experts": 8, "num_experts_per_token": 2, "vocab_size": 32000}
+HF_ID_KEYS = ("_source", "_name_or_path")   # where a config.json records its Hugging Face repo id
+FLEXLLMGEN_COMPRESSION = (4, 64)            # --compress-weight: FlexLLMGen's 4-bit, group-64 quantization
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,7 +107,26 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--mip-gap", type=float, metavar="X", help="relative MIP gap (default 1e-4)")
     g.add_argument("--threads", type=int, metavar="N", help="solver threads")
     g = p.add_argument_group("output")
-    g.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    g.add_argument("--format", choices=FORMATS, default=None,
+                   help="text: the readable report (default); json: one JSON object (DESIGN.md section 4); "
+                        "yaml: the same object as YAML")
+    g.add_argument("--json", action="store_true", help="the same as --format json")
+    g.add_argument("--flexllmgen", action="store_true",
+                   help="print, instead of the report, one FlexLLMGen command line that runs the policy "
+                        "(integer percents that fit; --compress-weight when model.compress_weights is set); "
+                        "exit 1 when no integer percents fit")
+    g.add_argument("--flexllmgen-module", metavar="MODULE", default=FLEXLLMGEN_MODULE,
+                   help=f"Python module of FlexLLMGen's MoE entry point (default {FLEXLLMGEN_MODULE}: an "
+                        "assumption, not verified against FlexLLMGen; FlexLLMGen's OPT entry point is "
+                        "flexllmgen.flex_opt)")
+    g.add_argument("--flexllmgen-model", metavar="ID",
+                   help="the --model value (a Hugging Face repo id). Default: the \"_source\" (else "
+                        "\"_name_or_path\") recorded in the scenario's model.hf_config JSON; else "
+                        f"{MIXTRAL_8X7B_ID} when the scenario's architecture numbers are Mixtral-8x7B's "
+                        "(scenarios/t4_reference.yaml, scenarios/a100_16g.yaml); otherwise this flag is required")
+    g.add_argument("--flexllmgen-path", metavar="DIR", default=FLEXLLMGEN_PATH,
+                   help=f"the --path value: FlexLLMGen's weight directory (default {FLEXLLMGEN_PATH}, "
+                        "its dummy weights for throughput runs)")
     g.add_argument("--write-model", metavar="FILE", type=str,
                    help="write the MILP to FILE.lp or FILE.mps (readable names) and exit without solving")
     return p
@@ -113,13 +166,92 @@ def write_model(sc, path: str) -> int:
     return 0
 
 
+def output_format(p: argparse.ArgumentParser, args) -> str:
+    """``text``, ``json``, ``yaml`` or ``flexllmgen`` from the output flags (a conflict is a usage error)."""
+    if args.json and args.format not in (None, "json"):
+        p.error(f"--json conflicts with --format {args.format}")
+    fmt = args.format or ("json" if args.json else "text")
+    if args.flexllmgen:
+        if args.format is not None or args.json:
+            p.error("--flexllmgen prints a command line instead of the report: "
+                    "it cannot be combined with --format or --json")
+        if args.write_model:
+            p.error("--flexllmgen cannot be combined with --write-model")
+        return "flexllmgen"
+    return fmt
+
+
+def emit(obj: dict, fmt: str) -> None:
+    """Print ``obj`` (the to_json object, or a status object) as JSON or YAML; nothing for text."""
+    if fmt == "json":
+        print(json.dumps(obj, indent=2))
+    elif fmt == "yaml":
+        # through JSON: plain lists, str keys and float values, exactly the --json object
+        print(yaml.safe_dump(json.loads(json.dumps(obj)), sort_keys=False), end="")
+
+
+def flexllmgen_model_id(sc) -> str | None:
+    """The Hugging Face repo id for FlexLLMGen's --model, or None when the scenario does not say."""
+    spec = sc.model
+    if spec.hf_config is not None:
+        try:
+            cfg = json.loads(Path(spec.hf_config).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        if isinstance(cfg, dict):
+            for key in HF_ID_KEYS:
+                value = cfg.get(key)
+                if isinstance(value, str) and value.strip():
+                    return value.strip()
+        return None
+    if all(getattr(spec, k, None) == v for k, v in MIXTRAL_8X7B_NUMBERS.items()):
+        return MIXTRAL_8X7B_ID
+    return None
+
+
+def check_flexllmgen(sc, args) -> str:
+    """The --model id for --flexllmgen (InputError when none is known or the compression has no flag)."""
+    model_id = args.flexllmgen_model
+    if model_id is not None and not model_id.strip():
+        raise InputError("--flexllmgen-model", model_id, "must not be empty")
+    if model_id is None:
+        model_id = flexllmgen_model_id(sc)
+    if model_id is None:
+        where = (f'model.hf_config {sc.model.hf_config} records no "_source" or "_name_or_path"'
+                 if sc.model.hf_config is not None else "the architecture numbers are not Mixtral-8x7B's")
+        raise InputError("--flexllmgen-model", None,
+                         f"no Hugging Face model id is known for this scenario ({where}); give --flexllmgen-model ID")
+    cw = sc.model.compress_weights
+    if cw is not None and (cw.bits, cw.group_size) != FLEXLLMGEN_COMPRESSION:
+        raise InputError("model.compress_weights", {"bits": cw.bits, "group_size": cw.group_size},
+                         "FlexLLMGen's --compress-weight is 4-bit with group size 64; "
+                         "this compression has no FlexLLMGen flag")
+    return model_id.strip()
+
+
+def flexllmgen_command(res, args, model_id: str) -> str | None:
+    """One FlexLLMGen command line for ``res``'s policy, or None when no integer percents fit."""
+    flags = flexllmgen_flags(res)
+    if flags is None:
+        return None
+    sc = res.scenario
+    head = ["python", "-m", args.flexllmgen_module, "--model", model_id, "--path", args.flexllmgen_path,
+            "--prompt-len", str(sc.workload.prompt_len), "--gen-len", str(sc.workload.gen_len)]
+    tail = " --compress-weight" if sc.model.compress_weights is not None else ""
+    return f"{shlex.join(head)} {flags}{tail}"
+
+
 def run(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    fmt = output_format(p, args)
     overrides = overrides_from(args)
     try:
         sc = load_scenario(args.scenario, overrides)
         if args.write_model:
             return write_model(sc, args.write_model)
+        if fmt == "flexllmgen":
+            model_id = check_flexllmgen(sc, args)
         pol = sc.policy
         if pol.gpu_batch_size and pol.num_gpu_batches and pol.percent is not None:
             res = evaluate_policy(sc, pol.gpu_batch_size, pol.num_gpu_batches, pol.percent)
@@ -131,24 +263,43 @@ def run(argv: list[str] | None = None) -> int:
         print(f"error: {field} = {exc.value!r}: {exc.problem}", file=sys.stderr)
         return 2
     except Infeasible as exc:
-        if args.json:
-            print(json.dumps({"status": "infeasible", "infeasible": exc.reasons}))
+        emit({"status": "infeasible", "infeasible": exc.reasons}, fmt)
         for reason in exc.reasons:
             print(f"infeasible: {reason}", file=sys.stderr)
         return 1
     except SolverError as exc:
-        if args.json:
-            print(json.dumps({"status": "error", "error": str(exc)}))
+        emit({"status": "error", "error": str(exc)}, fmt)
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    if args.json:
-        print(json.dumps(to_json(res), indent=2))
-    else:
+    if fmt == "flexllmgen":
+        return print_flexllmgen(res, args, model_id)
+    if fmt == "text":
         print(to_text(res))
+    else:
+        emit(to_json(res), fmt)
     if res.status == "infeasible":
         for reason in res.infeasible_reasons:
             print(f"infeasible: {reason}", file=sys.stderr)
         return 1
+    return 0
+
+
+def print_flexllmgen(res, args, model_id: str) -> int:
+    """--flexllmgen: the command line on stdout (exit 0), or one line on stderr (exit 1)."""
+    if res.status == "infeasible":
+        for reason in res.infeasible_reasons:
+            print(f"infeasible: {reason}", file=sys.stderr)
+        return 1
+    cmd = flexllmgen_command(res, args, model_id)
+    if cmd is None:
+        why = ("the fixed --percent / policy.percent are not integers" if res.solve is None
+               else f"no integer percents fit at gpu_batch_size={res.gpu_batch_size} with any num_gpu_batches")
+        print(f"error: no FlexLLMGen command line: {why} (FlexLLMGen's --percent takes integers)", file=sys.stderr)
+        return 1
+    print(cmd)
+    if res.status not in ("optimal", "evaluated"):
+        print(f"note: the solver stopped early ({res.status}): the policy is the best found, not proven optimal",
+              file=sys.stderr)
     return 0
 
 
