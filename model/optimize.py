@@ -429,16 +429,33 @@ def _integer_percents_at(data: ModelData, g: int, N: int, solver: str, opts):
 
 
 def _explain_infeasible(acc: Accounting, data: ModelData) -> list[str]:
-    """Say which resource is short: relax one capacity at a time and see which restores feasibility."""
+    """Say which resource is short and by how much.
+
+    Relaxes one capacity at a time; for each whose relaxation restores feasibility,
+    bisects (feasibility is monotone in capacity) for the least capacity that works,
+    to 1%, within the same search bounds.
+    """
+    def feasible(cap: dict) -> bool:
+        m = build_model(ModelData(**{**data.__dict__, "capacity_gib": cap}))
+        try:
+            r = solvers.solve(m, "highs", time_limit_s=60, mip_gap=1e-2, is_mip=data.fixed_batch is None)
+        except SolverError:
+            return False
+        return r.has_solution
+
     lines = []
     for dev in DEVICES:
-        relaxed = ModelData(**{**data.__dict__, "capacity_gib": {**data.capacity_gib, dev: 1e6}})
-        m = build_model(relaxed)
-        try:
-            r = solvers.solve(m, "highs", time_limit_s=60, mip_gap=1e-3, is_mip=data.fixed_batch is None)
-        except SolverError:
+        have = data.capacity_gib[dev]
+        if not feasible({**data.capacity_gib, dev: 1e5}):
             continue
-        if r.has_solution:
-            lines.append(f"{dev.upper() if dev != 'disk' else 'disk'} memory is too small for any placement "
-                         f"within the search bounds (feasible with more {dev} memory)")
-    return lines or ["no placement satisfies the GPU, CPU and disk capacities together"]
+        lo, hi = have, 1e5  # lo infeasible, hi feasible
+        while hi - lo > 0.01 * hi:
+            mid = (lo * hi) ** 0.5 if lo > 0 else hi / 64
+            if feasible({**data.capacity_gib, dev: mid}):
+                hi = mid
+            else:
+                lo = mid
+        label = "disk" if dev == "disk" else dev.upper()
+        lines.append(f"{label} memory is short: nothing fits with {have:g} GiB; it would with about "
+                     f"{hi:.4g} GiB ({hi - have:+.4g} GiB, alone)")
+    return lines or ["no single memory is short: no placement satisfies the GPU, CPU and disk capacities together"]

@@ -58,3 +58,20 @@ def test_binding_constraints_name_the_limits(t4):
     assert "capacity.gpu_memory_within_capacity[prefill]" in names
     assert any(n.startswith("timing.prefill_layer_covers_chain") and "comp" in n for n in names)
     assert res.sensitivity.tokens_per_s_per_gib["gpu"] > 0
+
+
+def test_subtle_infeasibility_says_which_memory_is_short_and_by_how_much(t4):
+    """g = 39 passes the quick bounds (they use each term's minimum separately) but nothing fits
+    on the GPU with 16 GiB; the explanation bisects the GPU capacity that would make it fit."""
+    from model import Infeasible
+    from model.optimize import optimize as opt
+
+    with pytest.raises(Infeasible) as exc:
+        opt(override(t4, {"policy.gpu_batch_size": 39}))
+    (line,) = exc.value.reasons
+    assert line.startswith("GPU memory is short")
+    needed = float(line.split("about ")[1].split(" GiB")[0])
+    assert 16 < needed < 16.5
+    # and the bisected capacity really is enough (to its 1%), while 16 GiB is not
+    ok = opt(override(t4, {"policy.gpu_batch_size": 39, "hardware.memory_gib.gpu": needed * 1.01}))
+    assert ok.gpu_batch_size == 39
