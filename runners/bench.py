@@ -35,6 +35,9 @@ def main(argv=None) -> int:
     ap.add_argument("scenarios", nargs="*", help="scenario files (default: scenarios/*.yaml)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per scenario and solver (median reported)")
     ap.add_argument("--no-enumeration", action="store_true", help="skip the exhaustive enumeration")
+    ap.add_argument("--enumerate", default="t4_reference,a100_16g", metavar="NAMES",
+                    help="comma-separated scenario names to enumerate exhaustively (each takes ~40 s: "
+                         "~80,000 LPs), or 'all' (default: %(default)s)")
     ap.add_argument("--solvers", default=None,
                     help="comma-separated solvers to time, e.g. highs,cbc,glpk,scip (default: the scenario's own)")
     args = ap.parse_args(argv)
@@ -57,7 +60,8 @@ def main(argv=None) -> int:
                 highs_solve = solve
             vs = f"{solve / highs_solve:7.2f}x" if highs_solve else f"{'':8}"
             enum = ""
-            if not args.no_enumeration and name in (None, names[0]):
+            wanted = args.enumerate == "all" or path.stem in args.enumerate.split(",")
+            if not args.no_enumeration and wanted and name in (None, names[0]):
                 data, bd = model_data(sc)
                 e = enumerate_policies(data.accounting, data.capacity_gib, data.alpha, bd.g_lo, bd.g_hi, bd.N_lo,
                                        bd.N_hi, bd.b_hi, data.fixed_fractions)
