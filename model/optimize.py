@@ -175,6 +175,11 @@ def optimize(sc: Scenario) -> Result:
         milp_res = solvers.solve(m, sc.solver.name, is_mip=True, **opts)
         if not milp_res.has_solution:
             if milp_res.termination == "infeasible":
+                # The smallest (g, N) fits whenever anything does (feasibility is monotone): an exact
+                # LP there either confirms the solver or shows its infeasibility claim is numerical.
+                if _try_fixed(data, data.g_lo, data.N_lo, sc, opts)[0] is not None:
+                    raise SolverError(f"{milp_res.solver} declared the MILP infeasible, but g={data.g_lo}, "
+                                      f"N={data.N_lo} fits: numerical trouble (extreme rates or sizes?)")
                 raise Infeasible(_explain_infeasible(acc, data))
             raise SolverError(f"{milp_res.solver} stopped ({milp_res.termination}) without a policy "
                               f"after {milp_res.wall_s:.1f} s")

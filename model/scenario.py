@@ -31,8 +31,8 @@ DEVICE_NAMES = ("gpu", "cpu", "disk")
 # Sanity ranges: far beyond any real machine or model, but small enough that the
 # model's coefficients stay representable (a 1e300 GiB memory is a typo, not a plan).
 MEMORY_MAX_GIB = 1e5            # 100 TiB per device
-BANDWIDTH_RANGE = (1e-4, 1e4)   # GiB/s: 100 KiB/s .. 10 TiB/s
-TFLOPS_RANGE = (1e-6, 1e5)      # TFLOP/s
+BANDWIDTH_RANGE = (1e-2, 1e4)   # GiB/s: 10 MiB/s (slower than any PCIe or NVMe link) .. 10 TiB/s
+TFLOPS_RANGE = (1e-3, 1e5)      # TFLOP/s: 1 GFLOP/s .. 100 PFLOP/s
 LENGTH_MAX = 10**6              # tokens
 ARCH_MAX = 10**7                # any architecture number
 

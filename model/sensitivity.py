@@ -22,6 +22,7 @@ see). tests/test_sensitivity.py checks the figures against finite differences.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pyomo.environ as pyo
@@ -29,7 +30,7 @@ import pyomo.environ as pyo
 from .accounting import build_accounting
 from .build import ModelData, build_model
 from .families.cost import MIB_PER_GIB, US_PER_S
-from .scenario import Scenario, override
+from .scenario import Scenario
 from .terms import DECODE_OVERLAPPED, PREFILL_GROUPS
 
 _EPS = 1e-6
@@ -51,6 +52,15 @@ def _links(sc: Scenario) -> dict[str, float]:
     if mbw is not None and sc.model.accounting == "exact":
         out.update({f"memory_bandwidth_gib_per_s.{k}": getattr(mbw, k) for k in ("gpu", "cpu")})
     return out
+
+
+def _bumped(sc: Scenario, path: str, value: float) -> Scenario:
+    """``sc`` with one hardware rate changed, without re-validation (a rate at its sanity cap may
+    be nudged past it for the derivative)."""
+    section, key = path.split(".")
+    hw = sc.hardware
+    new_section = dataclasses.replace(getattr(hw, section), **{key: value})
+    return dataclasses.replace(sc, hardware=dataclasses.replace(hw, **{section: new_section}))
 
 
 def _time_terms_us(acc, g: int, N: int, p) -> dict:
@@ -114,7 +124,7 @@ def sensitivity(sc: Scenario, data: ModelData, g: int, N: int) -> Sensitivity:
     tm = lp.timing
     counts = {grp.name: grp.count for grp in data.accounting.groups}
     for path, value in _links(sc).items():
-        bumped = build_accounting(override(sc, {f"hardware.{path}": value * (1 + _EPS)}))
+        bumped = build_accounting(_bumped(sc, path, value * (1 + _EPS)))
         terms = _time_terms_us(bumped, g, N, fractions)
         # d(term)/d(theta) for terms affine in 1/theta: -(term(theta) - term(theta(1+e))) (1+e) / (e theta)
         d = {key: -(base_terms[key] - terms[key]) * (1 + _EPS) / (_EPS * value) for key in base_terms}
