@@ -302,6 +302,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _value in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                raise TypeError(f"a {type(key).__name__} used as a mapping key at line {key_node.start_mark.line + 1}")
             if key in seen:
                 raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
             seen.add(key)
@@ -326,6 +328,10 @@ def load_raw(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "syntax error"
         raise InputError("scenario", str(path), f"malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise InputError("scenario", str(path), "malformed YAML: nested too deeply (or a recursive alias)") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. "!!int 1.5", a mapping used as a key
+        raise InputError("scenario", str(path), f"malformed YAML: {exc.__class__.__name__}: {exc}") from None
     if raw is None:
         raise InputError("scenario", str(path), "file is empty")
     return raw

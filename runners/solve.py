@@ -33,6 +33,7 @@ import argparse
 import json
 import shlex
 import sys
+import unicodedata
 from pathlib import Path
 
 import pyomo.environ as pyo
@@ -75,9 +76,28 @@ HF_ID_KEYS = ("_source", "_name_or_path")   # where a config.json records its Hu
 FLEXLLMGEN_COMPRESSION = (4, 64)            # --compress-weight: FlexLLMGen's 4-bit, group-64 quantization
 
 
+def one_line(text: str) -> str:
+    """``text`` with every character that could break or hide a line escaped (newlines, other
+    control characters, Unicode line and paragraph separators): a message is one line, whatever
+    the input file's keys or values hold."""
+    return "".join(repr(ch)[1:-1] if ch != " " and (ch.isspace() or unicodedata.category(ch)[0] in "CZ") else ch
+                   for ch in text)
+
+
+def short_repr(value, limit: int = 200) -> str:
+    """``repr(value)``, cut to about ``limit`` characters (a whole file's worth of value is not a message)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 40]}... ({len(text)} characters)"
+
+
+def say(text: str) -> None:
+    """One line on stderr."""
+    print(one_line(text), file=sys.stderr)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2, no usage dump
-        self.exit(2, f"error: {message} (see --help)\n")
+        self.exit(2, one_line(f"error: {message} (see --help)") + "\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -260,16 +280,16 @@ def run(argv: list[str] | None = None) -> int:
     except InputError as exc:
         field = _flag_for(exc.field) if exc.field in overrides or any(
             exc.field.startswith(f) for f in overrides) else exc.field
-        print(f"error: {field} = {exc.value!r}: {exc.problem}", file=sys.stderr)
+        say(f"error: {field} = {short_repr(exc.value)}: {exc.problem}")
         return 2
     except Infeasible as exc:
         emit({"status": "infeasible", "infeasible": exc.reasons}, fmt)
         for reason in exc.reasons:
-            print(f"infeasible: {reason}", file=sys.stderr)
+            say(f"infeasible: {reason}")
         return 1
     except SolverError as exc:
         emit({"status": "error", "error": str(exc)}, fmt)
-        print(f"error: {exc}", file=sys.stderr)
+        say(f"error: {exc}")
         return 1
     if fmt == "flexllmgen":
         return print_flexllmgen(res, args, model_id)
@@ -279,7 +299,7 @@ def run(argv: list[str] | None = None) -> int:
         emit(to_json(res), fmt)
     if res.status == "infeasible":
         for reason in res.infeasible_reasons:
-            print(f"infeasible: {reason}", file=sys.stderr)
+            say(f"infeasible: {reason}")
         return 1
     return 0
 
@@ -288,18 +308,17 @@ def print_flexllmgen(res, args, model_id: str) -> int:
     """--flexllmgen: the command line on stdout (exit 0), or one line on stderr (exit 1)."""
     if res.status == "infeasible":
         for reason in res.infeasible_reasons:
-            print(f"infeasible: {reason}", file=sys.stderr)
+            say(f"infeasible: {reason}")
         return 1
     cmd = flexllmgen_command(res, args, model_id)
     if cmd is None:
         why = ("the fixed --percent / policy.percent are not integers" if res.solve is None
                else f"no integer percents fit at gpu_batch_size={res.gpu_batch_size} with any num_gpu_batches")
-        print(f"error: no FlexLLMGen command line: {why} (FlexLLMGen's --percent takes integers)", file=sys.stderr)
+        say(f"error: no FlexLLMGen command line: {why} (FlexLLMGen's --percent takes integers)")
         return 1
     print(cmd)
     if res.status not in ("optimal", "evaluated"):
-        print(f"note: the solver stopped early ({res.status}): the policy is the best found, not proven optimal",
-              file=sys.stderr)
+        say(f"note: the solver stopped early ({res.status}): the policy is the best found, not proven optimal")
     return 0
 
 
@@ -307,7 +326,7 @@ def main() -> None:
     try:
         code = run()
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        say("interrupted")
         code = 130
     sys.exit(code)
 
