@@ -31,6 +31,7 @@ DEVICE_NAMES = ("gpu", "cpu", "disk")
 # Sanity ranges: far beyond any real machine or model, but small enough that the
 # model's coefficients stay representable (a 1e300 GiB memory is a typo, not a plan).
 MEMORY_MAX_GIB = 1e5            # 100 TiB per device
+MEMORY_MIN_GIB = 1 / 1024       # 1 MiB: a capacity is 0 (absent) or at least this
 BANDWIDTH_RANGE = (1e-2, 1e4)   # GiB/s: 10 MiB/s (slower than any PCIe or NVMe link) .. 10 TiB/s
 TFLOPS_RANGE = (1e-3, 1e5)      # TFLOP/s: 1 GFLOP/s .. 100 PFLOP/s
 LENGTH_MAX = 10**6              # tokens
@@ -252,6 +253,13 @@ def _merge(base: dict, top: dict) -> dict:
 
 
 def _check_cross_fields(sc: Scenario) -> None:
+    for dev in DEVICE_NAMES:
+        cap = getattr(sc.hardware.memory_gib, dev)
+        if 0 < cap < MEMORY_MIN_GIB:
+            # A 128-byte disk made HiGHS return a policy 5x slower than the optimum as "optimal":
+            # its capacity coefficient sat 1e9 below the others in the same row.
+            raise InputError(f"hardware.memory_gib.{dev}", cap,
+                             "must be 0 (no such memory) or at least 1 MiB (0.0009765625 GiB)")
     m = sc.model
     if m.accounting == "exact" and sc.hardware.memory_bandwidth_gib_per_s is None:
         raise InputError("hardware.memory_bandwidth_gib_per_s", None,

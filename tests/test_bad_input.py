@@ -345,3 +345,8 @@ def test_largest_allowed_memory_still_solves():
     assert proc.returncode == 0, describe(proc)
     out = json.loads(proc.stdout)
     assert out["status"] == "optimal" and out["policy"]["num_gpu_batches"] > 10000
+
+
+def test_a_few_bytes_of_memory_is_bad_input():
+    """A capacity is 0 (absent) or at least 1 MiB: 128 bytes of disk made HiGHS misjudge the MILP."""
+    assert_bad_input(run_cli(REFERENCE, "--nvme-mem", "1.192092896e-07"), "--nvme-mem", "1 MiB")

@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, Phase, assume, event, example, given, note, 
 from hypothesis import strategies as st
 
 from model import Infeasible, InputError, evaluate_policy, load_scenario, optimize
-from model.scenario import BANDWIDTH_RANGE, TFLOPS_RANGE
+from model.scenario import BANDWIDTH_RANGE, MEMORY_MIN_GIB, TFLOPS_RANGE
 from runners import solve
 from test_invariants import check_invariants
 
@@ -77,7 +77,7 @@ def workload_and_memory(draw) -> dict:
         "hardware.memory_gib": {
             "gpu": draw(st.floats(8, 80, **finite)),
             "cpu": draw(st.floats(64, 512, **finite)),
-            "disk": draw(st.one_of(st.just(0.0), st.floats(0, 2000, **finite))),
+            "disk": draw(st.one_of(st.just(0.0), st.floats(MEMORY_MIN_GIB, 2000, **finite))),
         },
         "hardware.alpha": {d: draw(st.floats(0.5, 1.2, **finite)) for d in DEVICES},
     }
@@ -115,10 +115,12 @@ def nearest_integer_percents(fractions) -> list[list[int]]:
                     "hardware.memory_gib": {"gpu": 27.625, "cpu": 64.0, "disk": 0.0},
                     "hardware.alpha": {"gpu": 0.953125, "cpu": 1.03125, "disk": 1.0}})
 # found by this property: a disk of 128 bytes -> SolverError "fixed-(g=1, N=34) LP time 51.4968527 beats
-# the MILP's bound 51.6390623: the MILP relaxation is wrong" (with disk 0 or 1 GiB it solves)
+# the MILP's bound 51.6390623: the MILP relaxation is wrong" (HiGHS had returned g=1, N=34 as optimal; with
+# g fixed to 1 it found N=385, 5x faster). Capacities are now 0 or at least 1 MiB (128 bytes is bad input,
+# tests/test_bad_input.py); the smallest valid disk must solve.
 @example(overrides={"workload.prompt_len": 100, "workload.gen_len": 255,
                     "hardware.memory_gib": {"gpu": 13.765408893155165, "cpu": 128.25828154600288,
-                                            "disk": 1.192092896e-07},
+                                            "disk": MEMORY_MIN_GIB},
                     "hardware.alpha": {"gpu": 0.8565286085183625, "cpu": 0.8311541446855615,
                                        "disk": 0.625444587731052}})
 def test_solved_policy_is_consistent(overrides):
