@@ -129,8 +129,9 @@ def search_bounds(acc: Accounting, capacity_gib: dict, alpha: dict, *, fixed_fra
         g_lo = g_hi_i = fixed_g
         source["g_hi"] = "policy"
     if b_hi_i < g_lo:
-        raise Infeasible([f"total memory: not even {g_lo} sequence(s) of KV cache and activations fit "
-                          f"(at most {b_hi_i})"])
+        fit = "none fit" if b_hi_i < 1 else f"at most {b_hi_i} fit"
+        raise Infeasible([f"total memory: the KV cache and activations of {g_lo} sequence(s) do not fit "
+                          f"beside the weights ({fit})"])
     N_hi = b_hi_i // g_lo
     if max_N is not None and max_N < N_hi:
         N_hi, source["N_hi"] = max_N, "search.max_num_gpu_batches"

@@ -258,6 +258,10 @@ def flexllmgen_command(res, args, model_id: str) -> str | None:
     head = ["python", "-m", args.flexllmgen_module, "--model", model_id, "--path", args.flexllmgen_path,
             "--prompt-len", str(sc.workload.prompt_len), "--gen-len", str(sc.workload.gen_len)]
     tail = " --compress-weight" if sc.model.compress_weights is not None else ""
+    if res.flexllmgen_percent[2] < 100:
+        # the cost model attends over CPU- and disk-held KV cache on the CPU (FlexLLMGen's
+        # --cpu-cache-compute); without the flag FlexLLMGen would move that cache to the GPU
+        tail += " --cpu-cache-compute"
     return f"{shlex.join(head)} {flags}{tail}"
 
 

@@ -203,19 +203,21 @@ def test_flexllmgen_line_matches_the_json_flags(out, json_key, flex_key, model_i
     assert option(argv, "--prompt-len") == [str(doc["workload"]["prompt_len"])]
     assert option(argv, "--gen-len") == [str(doc["workload"]["gen_len"])]
     flags = shlex.split(doc["flexllmgen"]["flags"])
-    policy = [a for a in argv if a not in ("--compress-weight",)]
+    policy = [a for a in argv if a not in ("--compress-weight", "--cpu-cache-compute")]
     i = policy.index("--gpu-batch-size")
     assert policy[i:] == flags  # the policy flags, verbatim, at the end
     assert option(argv, "--gpu-batch-size") == [str(doc["flexllmgen"]["gpu_batch_size"])]
     assert option(argv, "--num-gpu-batches") == [str(doc["flexllmgen"]["num_gpu_batches"])]
     assert option(argv, "--percent", 6) == [str(x) for x in doc["flexllmgen"]["percent"]]
     assert ("--compress-weight" in argv) == ("compressed" in json_key)
+    # KV cache off the GPU is attended on the CPU in the cost model: FlexLLMGen's --cpu-cache-compute
+    assert ("--cpu-cache-compute" in argv) == (doc["flexllmgen"]["percent"][2] < 100)
 
 
 def test_flexllmgen_line_of_an_evaluated_policy_is_exact(out):
     assert ok(out["eval flexllmgen"]) == (
         "python -m flexllmgen.flex_moe --model mistralai/Mixtral-8x7B-v0.1 --path _DUMMY_ --prompt-len 512 "
-        "--gen-len 32 --gpu-batch-size 30 --num-gpu-batches 63 --percent 0 100 1 71 5 95\n")
+        "--gen-len 32 --gpu-batch-size 30 --num-gpu-batches 63 --percent 0 100 1 71 5 95 --cpu-cache-compute\n")
 
 
 def test_flexllmgen_model_id_comes_from_hf_config_source():
