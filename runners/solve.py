@@ -95,13 +95,15 @@ def say(text: str) -> None:
     print(one_line(text), file=sys.stderr)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, no usage dump
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit status 2 (no usage dump): the runners' bad-input contract."""
+
+    def error(self, message: str):
         self.exit(2, one_line(f"error: {message} (see --help)") + "\n")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m runners.solve",
+    p = OneLineParser(prog="python -m runners.solve",
                 description="Find the throughput-optimal offloading policy for a MoE model (or evaluate one).",
                 epilog="Memory sizes are GiB (2^30 bytes). Exit status: 0 policy found or evaluated, "
                        "1 infeasible or no policy, 2 bad input.")

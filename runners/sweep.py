@@ -83,6 +83,7 @@ from typing import Any
 from model import Infeasible, InputError, Scenario, SolverError, load_scenario, optimize
 from model import solvers
 from model.scenario import SolverOptions, load_raw
+from runners.solve import OneLineParser
 from model.terms import DEVICES, TENSOR_KINDS
 
 FRACTION_COLUMNS = tuple(f"{kind}_{dev}" for kind in TENSOR_KINDS for dev in DEVICES)
@@ -694,13 +695,8 @@ def plot(sweep: Sweep, values: list[tuple], rows: dict[int, dict], path: Path) -
 
 
 # --------------------------------------------------------------------------- command line
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2, no usage dump
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m runners.sweep",
+    p = OneLineParser(prog="python -m runners.sweep",
                 description="Solve a scenario over a grid of one or two parameters; write a CSV and plots.",
                 epilog="Exit status: 0 the sweep ran (points may be infeasible), 1 every point failed "
                        "with a solver error, 2 bad input.")

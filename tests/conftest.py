@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,3 +30,17 @@ def t4_with(s, n, gpu, cpu, disk, alpha=None, **more):
         ov["hardware.alpha"] = {"gpu": alpha, "cpu": alpha, "disk": alpha}
     ov.update(more)
     return load_scenario(ROOT / "scenarios" / "t4_reference.yaml", ov)
+
+
+def run_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m runners.solve ARGS`` in a subprocess, from the repository root, as a user runs it."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return subprocess.run([sys.executable, "-m", "runners.solve", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def describe(proc: subprocess.CompletedProcess) -> str:
+    """Exit status, and the tails of stdout and stderr, for assertion messages."""
+    return (f"exit status {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}"
+            f"\n--- stderr ---\n{proc.stderr[-3000:]}")

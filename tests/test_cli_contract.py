@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+
+from conftest import describe, run_cli
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,18 +56,6 @@ COMMANDS = {
     "large_gpu": (REFERENCE, "--gpu-mem", "80", "--json"),
     "help": ("--help",),
 }
-
-
-def run_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.run([sys.executable, "-m", "runners.solve", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def describe(proc: subprocess.CompletedProcess) -> str:
-    return (f"exit status {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}"
-            f"\n--- stderr ---\n{proc.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="module")
