@@ -170,14 +170,20 @@ def _groups(num_layers: int, mlp_of: Callable[[int], Mlp]) -> tuple[LayerGroup, 
 # --------------------------------------------------------------------------- per model_type
 
 
-def _mixtral(c: _Config) -> dict:
+def _uniform_moe(c: _Config, experts_key: str, kv_required: bool, **attention) -> dict:
+    """Every layer alike: GQA attention and ``experts_key`` SwiGLU experts of ``intermediate_size``."""
     h1 = c.int("hidden_size")
-    E, k = c.int("num_local_experts"), c.int("num_experts_per_tok")
+    E, k = c.int(experts_key), c.int("num_experts_per_tok")
     _check_top_k(c, "num_experts_per_tok", k, E)
     mlp = Mlp(kind="moe", intermediate_size=c.int("intermediate_size"), num_experts=E, top_k=k)
     return dict(hidden_size=h1, vocab_size=c.int("vocab_size"),
-                attention=_gqa(c, "num_attention_heads", h1, "num_key_value_heads", kv_required=True),
+                attention=_gqa(c, "num_attention_heads", h1, "num_key_value_heads", kv_required=kv_required,
+                               **attention),
                 groups=(LayerGroup("moe", c.int("num_hidden_layers"), mlp),))
+
+
+def _mixtral(c: _Config) -> dict:
+    return _uniform_moe(c, "num_local_experts", kv_required=True)
 
 
 def _dense(c: _Config) -> dict:
@@ -275,27 +281,13 @@ def _dbrx(c: _Config) -> dict:
 
 
 def _olmoe(c: _Config) -> dict:
-    h1 = c.int("hidden_size")
-    E, k = c.int("num_experts"), c.int("num_experts_per_tok")
-    _check_top_k(c, "num_experts_per_tok", k, E)
     bias = c.bool("attention_bias")
-    mlp = Mlp(kind="moe", intermediate_size=c.int("intermediate_size"), num_experts=E, top_k=k)
-    return dict(hidden_size=h1, vocab_size=c.int("vocab_size"),
-                attention=_gqa(c, "num_attention_heads", h1, "num_key_value_heads", kv_required=False,
-                               qkv_bias=bias, o_bias=bias, qk_norm=True),
-                groups=(LayerGroup("moe", c.int("num_hidden_layers"), mlp),))
+    return _uniform_moe(c, "num_experts", kv_required=False, qkv_bias=bias, o_bias=bias, qk_norm=True)
 
 
 def _phimoe(c: _Config) -> dict:
-    h1 = c.int("hidden_size")
-    E, k = c.int("num_local_experts"), c.int("num_experts_per_tok")
-    _check_top_k(c, "num_experts_per_tok", k, E)
     bias = c.bool("attention_bias")
-    mlp = Mlp(kind="moe", intermediate_size=c.int("intermediate_size"), num_experts=E, top_k=k)
-    return dict(hidden_size=h1, vocab_size=c.int("vocab_size"),
-                attention=_gqa(c, "num_attention_heads", h1, "num_key_value_heads", kv_required=True,
-                               qkv_bias=bias, o_bias=bias),
-                groups=(LayerGroup("moe", c.int("num_hidden_layers"), mlp),),
+    return dict(_uniform_moe(c, "num_local_experts", kv_required=True, qkv_bias=bias, o_bias=bias),
                 norm="layer", _lm_head_bias=c.bool("lm_head_bias"))
 
 
