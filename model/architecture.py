@@ -60,6 +60,7 @@ class LayerGroup:
     name: str
     count: int
     mlp: Mlp
+    routing: tuple[float, ...] | None = None   # this group's per-token expert probabilities (default: the model's)
 
 
 @dataclass(frozen=True)
@@ -192,11 +193,50 @@ def kv_cache_elements_per_token_per_layer(arch: Architecture) -> int:
     return 2 * a.num_kv_heads * a.head_dim
 
 
-def routing(arch: Architecture, mlp: Mlp) -> tuple[float, ...]:
-    """Per-token probability that each routed expert is picked: uniform k/E unless given."""
+def routing(arch: Architecture, mlp: Mlp, group: LayerGroup | None = None) -> tuple[float, ...]:
+    """Per-token probability that each routed expert is picked: the group's, the model's, or uniform k/E."""
+    if group is not None and group.routing is not None:
+        return group.routing
     if arch.routing_probabilities is not None:
         return arch.routing_probabilities
     return tuple(mlp.top_k / mlp.num_experts for _ in range(mlp.num_experts))
+
+
+def moe_layer_indices(arch: Architecture) -> list[int]:
+    """Transformer layer indices (0-based) of the MoE layers, in order."""
+    out, start = [], 0
+    for g in arch.groups:
+        if g.mlp.kind == "moe":
+            out.extend(range(start, start + g.count))
+        start += g.count
+    return out
+
+
+def with_layer_routing(arch: Architecture, rows, split: bool) -> Architecture:
+    """``arch`` with per-MoE-layer routing ``rows`` (one per MoE layer, in order).
+
+    With ``split``, every MoE layer becomes its own group ``<group>.<layer index>`` (count 1):
+    layers whose experts are pinned or computed on the CPU differ from each other. Without
+    it, each MoE group must have one routing row for all its layers.
+    """
+    from dataclasses import replace
+
+    groups, start, i = [], 0, 0
+    for g in arch.groups:
+        if g.mlp.kind != "moe":
+            groups.append(g)
+        elif split:
+            groups.extend(replace(g, name=f"{g.name}.{start + j}", count=1, routing=tuple(rows[i + j]))
+                          for j in range(g.count))
+            i += g.count
+        else:
+            mine = {tuple(r) for r in rows[i:i + g.count]}
+            if len(mine) != 1:
+                raise ValueError("layers of one group with different routing need split=True")
+            groups.append(replace(g, routing=tuple(rows[i])))
+            i += g.count
+        start += g.count
+    return replace(arch, groups=tuple(groups))
 
 
 def from_model_spec(spec) -> Architecture:

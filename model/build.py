@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import pyomo.environ as pyo
 
-from .families import batching, capacity, cost, fixed_policy, objective, placement, timing
+from .experts import Decision, ExpertSetup
+from .families import batching, capacity, cost, experts, fixed_policy, objective, placement, timing
 from .terms import COMPONENTS, DEVICES, PHASES, TENSOR_KINDS, Accounting
 
 FAMILIES = [
@@ -18,6 +19,7 @@ FAMILIES = [
     batching.add,       # g, N, 1/b, 1/N, p/N, eff(g) p: exact integer linearization
     fixed_policy.add,   # fractions the user pinned
     cost.add,           # per-sequence time and memory expressions
+    experts.add,        # experts pinned on the GPU / computed on the CPU, expected expert traffic
     capacity.add,       # home + working memory <= alpha * capacity
     timing.add,         # overlap of transfers and compute
     objective.add,      # minimize time per sequence
@@ -39,6 +41,23 @@ class ModelData:
     fixed_batch: tuple[int, int] | None = None           # (g, N): build the fixed-batch LP
     fixed_fractions: dict[tuple[str, str], float] | None = None
     name: str = "moe_offload_policy"
+    experts: ExpertSetup | None = None                   # expert-aware features (None: the core model)
+    expert_decision: Decision | None = None              # fixed: the accounting is specialized instead
+
+    def fixed_at(self, g: int, N: int) -> "ModelData":
+        """The data of the fixed-(g, N) model. With a fixed expert decision, the accounting is
+        specialized to it at ``b = g*N`` (an ordinary LP); without one, the expert family keeps
+        its binaries (a small MILP)."""
+        from dataclasses import replace
+
+        acc, experts = self.accounting, self.experts
+        if self.expert_decision is not None:
+            from .experts import specialize
+
+            acc = specialize(acc, self.experts, self.expert_decision, g * N)
+            experts = None
+        return replace(self, accounting=acc, experts=experts, expert_decision=None, fixed_batch=(g, N),
+                       g_lo=g, g_hi=g, N_lo=N, N_hi=N)
 
 
 def build_model(data: ModelData) -> pyo.ConcreteModel:
@@ -57,8 +76,11 @@ def build_model(data: ModelData) -> pyo.ConcreteModel:
     m.EXPERTS = pyo.RangeSet(0, len(acc.expert_weights_gib) - 1, doc="Routed experts of one MoE layer")
     m.expert_weights_gib = pyo.Param(m.EXPERTS, initialize=dict(enumerate(acc.expert_weights_gib)),
                                      doc="Weights of one expert in one layer, GiB")
-    m.routing_probability = pyo.Param(m.EXPERTS, initialize=dict(enumerate(acc.routing_probability)),
-                                      doc="Per-token probability that the router picks the expert")
+    layer_rows = {layer: eg.routing for eg in acc.expert_groups for layer in eg.layers}
+    m.LAYERS = pyo.Set(initialize=sorted(layer_rows), ordered=True, doc="MoE layers (transformer layer indices)")
+    m.routing_probability = pyo.Param(
+        m.LAYERS, m.EXPERTS, initialize={(layer, e): q for layer, row in layer_rows.items() for e, q in enumerate(row)},
+        doc="q[l, e]: per-token probability that layer l's router picks expert e")
     m.dense_weights_gib = pyo.Param(initialize=acc.dense_weights_gib,
                                     doc="Non-expert weights of one layer (attention, router, norms), GiB")
     m.layer_weights_gib = pyo.Expression(

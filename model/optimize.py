@@ -25,6 +25,7 @@ from .bounds import SearchBounds, search_bounds
 from .build import ModelData, build_model
 from .families import batching
 from .errors import Infeasible, SolverError
+from .experts import Decision, ExpertSetup, decision_pairs, expected_experts_moved, specialize
 from .scenario import DEVICE_NAMES, Scenario
 from .sensitivity import Sensitivity, sensitivity
 from .terms import DEVICES, MEMORY_KEYS, SEQ_KINDS, TENSOR_KINDS, Accounting, Evaluation, evaluate, \
@@ -57,6 +58,26 @@ class Result:
     infeasible_reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sensitivity: Sensitivity | None = None
+    expert_setup: ExpertSetup | None = None         # expert-aware features in effect (None: the core model)
+    expert_decision: Decision | None = None
+
+    @property
+    def pinned_experts(self) -> list[list[int]]:
+        """``[layer, expert]`` pairs kept resident on the GPU."""
+        return decision_pairs(self.accounting, self.expert_decision.pinned) if self.expert_decision else []
+
+    @property
+    def cpu_experts(self) -> list[list[int]]:
+        """``[layer, expert]`` pairs computed on the CPU in decode."""
+        return decision_pairs(self.accounting, self.expert_decision.cpu) if self.expert_decision else []
+
+    @property
+    def expected_experts_moved_per_layer(self) -> dict[int, float] | None:
+        """Per MoE layer: expected experts whose weights move in a decode step at the chosen block size."""
+        if self.block_size is None or not self.accounting.expert_groups:
+            return None
+        setup = self.expert_setup or ExpertSetup()
+        return expected_experts_moved(self.accounting, setup, self.expert_decision or Decision(), self.block_size)
 
     @property
     def throughput_tokens_per_s(self) -> float | None:
@@ -110,9 +131,16 @@ def evaluate_policy(sc: Scenario, g: int, N: int, percent) -> Result:
     """Predict the throughput, times and peaks of one fully fixed policy (no solver)."""
     t0 = time.perf_counter()
     acc = build_accounting(sc)
+    setup = ExpertSetup.from_scenario(sc)
+    if setup.has_decisions:
+        raise ValueError("evaluate_policy: pinned or CPU experts are decisions; use optimize()")
+    decision = Decision() if setup.active else None
+    if setup.active:
+        acc = specialize(acc, setup, decision, g * N)
     p = fractions_from_percent(percent)
     ev = evaluate(acc, g, N, p)
     res = Result(scenario=sc, accounting=acc, status="evaluated", gpu_batch_size=g, num_gpu_batches=N,
+                 expert_setup=setup if setup.active else None, expert_decision=decision,
                  fractions=p, evaluation=ev, flexllmgen_percent=tuple(int(round(x)) for x in percent)
                  if all(float(x).is_integer() for x in percent) else None)
     res.flexllmgen_throughput = ev.throughput_tokens_per_s if res.flexllmgen_percent else None
@@ -135,8 +163,10 @@ def model_data(sc: Scenario) -> tuple[ModelData, SearchBounds]:
     bounds = search_bounds(acc, capacity, alpha, fixed_fractions=fixed, fixed_g=pol.gpu_batch_size,
                            fixed_N=pol.num_gpu_batches, max_g=sc.search.max_gpu_batch_size,
                            max_N=sc.search.max_num_gpu_batches)
+    setup = ExpertSetup.from_scenario(sc)
     data = ModelData(accounting=acc, capacity_gib=capacity, alpha=alpha, g_lo=bounds.g_lo, g_hi=bounds.g_hi,
-                     N_lo=bounds.N_lo, N_hi=bounds.N_hi, b_hi=bounds.b_hi, fixed_fractions=fixed, name=sc.name)
+                     N_lo=bounds.N_lo, N_hi=bounds.N_hi, b_hi=bounds.b_hi, fixed_fractions=fixed, name=sc.name,
+                     experts=setup if setup.active and acc.expert_groups else None)
     return data, bounds
 
 
@@ -153,7 +183,8 @@ def optimize(sc: Scenario) -> Result:
     :class:`InputError` for an unknown or missing solver.
     """
     pol = sc.policy
-    if pol.gpu_batch_size and pol.num_gpu_batches and pol.percent is not None:
+    if pol.gpu_batch_size and pol.num_gpu_batches and pol.percent is not None \
+            and not ExpertSetup.from_scenario(sc).has_decisions:
         res = evaluate_policy(sc, pol.gpu_batch_size, pol.num_gpu_batches, pol.percent)
         if res.status == "infeasible":
             raise Infeasible(res.infeasible_reasons)
@@ -165,7 +196,7 @@ def optimize(sc: Scenario) -> Result:
     t0 = time.perf_counter()
     opts = dict(time_limit_s=sc.solver.time_limit_s, mip_gap=sc.solver.mip_gap, threads=sc.solver.threads,
                 options=sc.solver.options)
-    if bounds.g_lo == bounds.g_hi and bounds.N_lo == bounds.N_hi:
+    if bounds.g_lo == bounds.g_hi and bounds.N_lo == bounds.N_hi and data.experts is None:
         g, N = bounds.g_lo, bounds.N_lo
         lp, lp_res, build_s = _solve_fixed(data, g, N, sc, opts)
         milp_res, notes = lp_res, []
@@ -184,13 +215,16 @@ def optimize(sc: Scenario) -> Result:
             raise SolverError(f"{milp_res.solver} stopped ({milp_res.termination}) without a policy "
                               f"after {milp_res.wall_s:.1f} s")
         g, N = _batch_sizes(m)
+        data = _with_decision(data, m)
         lp, lp_res, g2, N2, notes, facts = _resolve_with_repair(data, g, N, sc, opts)
         if notes:
-            lp, lp_res, g2, N2, more = _certify(m, data, sc, opts, milp_res, (lp, lp_res, g2, N2), (g, N), facts)
+            lp, lp_res, g2, N2, data, more = _certify(m, data, sc, opts, milp_res, (lp, lp_res, g2, N2), (g, N),
+                                                      facts)
             notes += more
         else:
             _check_agreement(milp_res, lp_res, sc.solver.mip_gap, g, N)
         g, N = g2, N2
+    acc = data.fixed_at(g, N).accounting   # with the expert decision applied at b = g*N
     fractions = _fractions(lp, g * N)
     ev = evaluate(acc, g, N, fractions)
     lp_time = lp_res.objective * g * N
@@ -199,7 +233,8 @@ def optimize(sc: Scenario) -> Result:
                           f"at g={g}, N={N}")
     res = Result(scenario=sc, accounting=acc, status=milp_res.termination,
                  gpu_batch_size=g, num_gpu_batches=N, fractions=fractions, evaluation=ev, solve=milp_res,
-                 resolve=lp_res if lp_res is not milp_res else None, bounds=bounds, build_s=build_s)
+                 resolve=lp_res if lp_res is not milp_res else None, bounds=bounds, build_s=build_s,
+                 expert_setup=data.experts, expert_decision=data.expert_decision)
     bad = capacity_violations(acc, g, N, fractions, capacity, res.usable_gib, slack=CAPACITY_SLACK)
     if bad:
         raise SolverError("solved policy violates capacity: " + "; ".join(bad))
@@ -210,6 +245,16 @@ def optimize(sc: Scenario) -> Result:
         data, g, N, sc.solver.name, opts)
     res.total_s = time.perf_counter() - t_start
     return res
+
+
+def _with_decision(data: ModelData, m) -> ModelData:
+    """``data`` with the expert decision of the solved model ``m`` fixed (empty without decisions)."""
+    if data.experts is None:
+        return data
+    blk = m.experts
+    pick = lambda name: frozenset(i for i, v in getattr(blk, name).items()  # noqa: E731
+                                  if v.value is not None and v.value > 0.5) if hasattr(blk, name) else frozenset()
+    return ModelData(**{**data.__dict__, "expert_decision": Decision(pinned=pick("pinned"), cpu=pick("on_cpu"))})
 
 
 def _batch_sizes(m) -> tuple[int, int]:
@@ -241,8 +286,8 @@ def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, facts, m
     lp, lp_res, g, N = best
     lower = milp.bound if milp.bound is not None else milp.objective * (1 - gap)
     if lp_res.objective * (1 - gap) <= lower * (1 + 1e-9):
-        return lp, lp_res, g, N, [f"the repaired policy is within the gap of the solver's bound "
-                                   f"({100 * (1 - lower / lp_res.objective):.4f}%)"]
+        return lp, lp_res, g, N, data, [f"the repaired policy is within the gap of the solver's bound "
+                                         f"({100 * (1 - lower / lp_res.objective):.4f}%)"]
     batching.exclude_batch_sizes(m, *first)
     _apply_facts(m, data, facts)
     m.batching.cutoff = pyo.Constraint(expr=m.objective.time_per_seq_s <= lp_res.objective * (1 - gap),
@@ -250,16 +295,19 @@ def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, facts, m
     for _ in range(max_rounds):
         r = solvers.solve(m, sc.solver.name, is_mip=True, **opts)
         if r.termination == "infeasible":
-            return lp, lp_res, g, N, [f"certified by re-solving with a cutoff: nothing is better than "
-                                      f"{sc.workload.gen_len / lp_res.objective:.6g} tokens/s by more than the gap"]
+            return lp, lp_res, g, N, data, [f"certified by re-solving with a cutoff: nothing is better than "
+                                            f"{sc.workload.gen_len / lp_res.objective:.6g} tokens/s by more than "
+                                            f"the gap"]
         if not r.has_solution:
             break
         tried = _batch_sizes(m)
         batching.exclude_batch_sizes(m, *tried)
-        cand = _resolve_with_repair(data, *tried, sc, opts)
+        tried_data = _with_decision(data, m)
+        cand = _resolve_with_repair(tried_data, *tried, sc, opts)
         _apply_facts(m, data, cand[5])
         if cand[1].objective < lp_res.objective:
             lp, lp_res, g, N = cand[:4]
+            data = tried_data
             m.batching.cutoff.set_value(m.objective.time_per_seq_s <= lp_res.objective * (1 - gap))
     raise SolverError(f"{sc.solver.name}: could not certify the policy within the gap: the solver's tolerances "
                       f"are too loose for this model (best found g={g}, N={N}, "
@@ -268,13 +316,17 @@ def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, facts, m
 
 
 def _fixed_data(data: ModelData, g: int, N: int) -> ModelData:
-    return ModelData(**{**data.__dict__, "fixed_batch": (g, N), "g_lo": g, "g_hi": g, "N_lo": N, "N_hi": N})
+    return data.fixed_at(g, N)
+
+
+def _has_integers(m) -> bool:
+    return any(not v.is_continuous() for v in m.component_data_objects(pyo.Var, active=True))
 
 
 def _try_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
     """The fixed-(g, N) LP and its result, or ``(None, result)`` when it has no optimal solution."""
     lp = build_model(_fixed_data(data, g, N))
-    res = solvers.solve(lp, sc.solver.name, is_mip=False, **opts)
+    res = solvers.solve(lp, sc.solver.name, is_mip=_has_integers(lp), **opts)
     return (lp if res.has_solution and res.termination == "optimal" else None), res
 
 

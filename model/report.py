@@ -8,6 +8,23 @@ from .optimize import Result
 from .terms import COMPONENT_NAMES, COMPONENTS, DEVICES, PHASES, TENSOR_KINDS
 
 _LABEL = {"gpu": "GPU", "cpu": "CPU", "disk": "disk"}
+MAX_GROUPS_SHOWN = 6   # distinct layer groups in the text report's per-layer table
+
+
+def _distinct_groups(groups) -> list[tuple[Any, str, int]]:
+    """Layer groups with identical per-layer times merged: (group, label, layer count)."""
+    out: list[list] = []
+    for gt in groups:
+        key = tuple(round(gt.layer_time_s[ph][c], 12) for ph in PHASES for c in COMPONENTS)
+        for row in out:
+            if row[3] == key:
+                row[1].append(gt.name)
+                row[2] += gt.count
+                break
+        else:
+            out.append([gt, [gt.name], gt.count, key])
+    return [(gt, names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} groups)", count)
+            for gt, names, count, _key in out]
 
 
 def flexllmgen_flags(res: Result) -> str | None:
@@ -16,6 +33,62 @@ def flexllmgen_flags(res: Result) -> str | None:
         return None
     pct = " ".join(str(int(x)) for x in res.flexllmgen_percent)
     return f"--gpu-batch-size {res.gpu_batch_size} --num-gpu-batches {res.flexllmgen_num_gpu_batches} --percent {pct}"
+
+
+def experts_settings(res: Result) -> dict[str, Any]:
+    """The expert-aware switches in effect and where the routing probabilities came from."""
+    ex = res.scenario.experts
+    if ex.routing_trace is not None:
+        routing = f"trace {ex.routing_trace}"
+    elif ex.routing_probabilities is not None:
+        routing = "per layer (experts.routing_probabilities)"
+    elif res.scenario.model.routing_probabilities is not None:
+        routing = "model.routing_probabilities in every layer"
+    else:
+        routing = "uniform"
+    return {"expert_traffic": ex.expert_traffic, "pin_experts": ex.pin_experts, "cpu_experts": ex.cpu_experts,
+            "routing": routing}
+
+
+def _pairs_text(pairs: list[list[int]]) -> str:
+    by_layer: dict[int, list[int]] = {}
+    for layer, e in pairs:
+        by_layer.setdefault(layer, []).append(e)
+    rows = [f"L{layer}:{','.join(map(str, es))}" for layer, es in sorted(by_layer.items())]
+    return " ".join(rows)
+
+
+def _compact(names: list[str], res: Result) -> list[str]:
+    """Constraint names with per-layer group names folded: ``timing.x['moe.*',comp] (32 layer groups)``."""
+    groups = [g.name for g in res.accounting.groups]
+    if len(groups) <= MAX_GROUPS_SHOWN:
+        return list(names)
+    folded: dict[str, int] = {}
+    for name in names:
+        key = name
+        for grp in groups:
+            if f"'{grp}'" in name and "." in grp:
+                key = name.replace(f"'{grp}'", f"'{grp.rsplit('.', 1)[0]}.*'")
+                break
+        folded[key] = folded.get(key, 0) + 1
+    return [k if n == 1 else f"{k} ({n} layer groups)" for k, n in folded.items()]
+
+
+def _experts_text(res: Result) -> list[str]:
+    st = experts_settings(res)
+    if not (res.expert_setup or res.scenario.experts.routing_trace or res.scenario.experts.routing_probabilities):
+        return []
+    lines = [f"Experts     traffic {st['expert_traffic']}, pinning {'on' if st['pin_experts'] else 'off'}, "
+             f"CPU experts {'on' if st['cpu_experts'] else 'off'}; routing {st['routing']}"]
+    moved = res.expected_experts_moved_per_layer
+    if moved:
+        lo, hi = min(moved.values()), max(moved.values())
+        span = f"{lo:.3f}" if abs(hi - lo) < 5e-4 else f"{lo:.3f} .. {hi:.3f}"
+        lines.append(f"            experts moved per layer and decode step (expected, at b={res.block_size}): {span}")
+    for label, pairs in (("pinned on the GPU", res.pinned_experts), ("computed on the CPU", res.cpu_experts)):
+        if st["pin_experts" if label.startswith("pinned") else "cpu_experts"]:
+            lines.append(f"            {label}: {len(pairs)}" + (f"  [{_pairs_text(pairs)}]" if pairs else ""))
+    return lines + [""]
 
 
 def to_json(res: Result) -> dict[str, Any]:
@@ -30,12 +103,19 @@ def to_json(res: Result) -> dict[str, Any]:
         "usable_gib": res.usable_gib,
         "throughput_tokens_per_s": res.throughput_tokens_per_s,
     }
+    moved = res.expected_experts_moved_per_layer
+    if moved is not None:
+        out["model"] = {**out["model"], "moe_layers": sorted(moved),
+                        "expected_experts_moved_per_layer": [moved[layer] for layer in sorted(moved)]}
+    out["experts"] = experts_settings(res)
     if res.gpu_batch_size is not None:
         out["policy"] = {
             "gpu_batch_size": res.gpu_batch_size,
             "num_gpu_batches": res.num_gpu_batches,
             "block_size": res.block_size,
             "placement": {k: {d: res.fractions[(k, d)] for d in DEVICES} for k in TENSOR_KINDS},
+            "pinned_experts": res.pinned_experts,
+            "cpu_experts": res.cpu_experts,
         }
     ev = res.evaluation
     if ev is not None:
@@ -126,6 +206,7 @@ def to_text(res: Result) -> str:
             cells = "".join(f"{100 * res.fractions[(k, d)]:9.2f}%" for d in DEVICES)
             lines.append(f"    {k:<15}{cells}")
         lines.append("")
+    lines += _experts_text(res)
     if ev is not None:
         lines += [
             f"Throughput  {ev.throughput_tokens_per_s:.4f} generated tokens/s",
@@ -134,16 +215,19 @@ def to_text(res: Result) -> str:
             "",
             "Per layer (s)   " + "".join(f"{c:>11}" for c in COMPONENTS) + "      layer  bottleneck",
         ]
+        shown = _distinct_groups(ev.groups)
         several = len(ev.groups) > 1
-        for gt in ev.groups:
+        for gt, label, count in shown[:MAX_GROUPS_SHOWN]:
             if several:
-                lines.append(f"  {gt.name} ({gt.count} layer{'s' if gt.count > 1 else ''})")
+                lines.append(f"  {label} ({count} layer{'s' if count > 1 else ''})")
             for ph in PHASES:
                 t = gt.layer_time_s[ph]
                 layer = gt.prefill_layer_s if ph == "prefill" else gt.decode_layer_s
                 neck_name = " + ".join(COMPONENT_NAMES[c] for c in gt.bottleneck[ph].split("+"))
                 lines.append(f"  {ph:<14}" + "".join(f"{t[c]:11.5f}" for c in COMPONENTS)
                              + f" {layer:10.5f}  {neck_name}")
+        if len(shown) > MAX_GROUPS_SHOWN:
+            lines.append(f"  ... {len(shown) - MAX_GROUPS_SHOWN} more distinct layer groups (--format json lists all)")
         lines.append("  (prefill = max(ctog+dtoc, gtoc+ctod, comp); decode step = ctog + max(gtoc, dtoc, ctod, comp))")
         lines += ["", "Peak memory (GiB)    prefill     decode     usable"]
         alpha = sc.hardware.alpha
@@ -160,7 +244,7 @@ def to_text(res: Result) -> str:
     if res.sensitivity is not None:
         sn = res.sensitivity
         mem = ", ".join(f"{_LABEL[d]} {v:+.4g}" for d, v in sn.tokens_per_s_per_gib.items())
-        lines.append(f"Limits      binding: {', '.join(sn.binding) if sn.binding else 'none'}")
+        lines.append(f"Limits      binding: {', '.join(_compact(sn.binding, res)) if sn.binding else 'none'}")
         lines.append(f"            tokens/s per extra GiB: {mem}")
         links = [(k.split('.', 1)[1] + (' (memory)' if k.startswith('memory') else ''), v)
                  for k, v in sn.tokens_per_s_per_gib_per_s.items()]

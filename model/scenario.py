@@ -121,6 +121,13 @@ class Compute:
     gpu_bmm_prefill: float = field(metadata=rule(ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="[bmm_flops_p]"))
     gpu_bmm_decode: float = field(metadata=rule(ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="[bmm_flops_g]"))
     cpu: float = field(metadata=rule(ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="[cpu_flops]"))
+    # CPU-computed experts (experts.cpu_experts): a GEMV for the first token routed to an
+    # expert (memory-bound: the expert's weights stream from CPU DRAM once), a small GEMM
+    # rate for each further token. Optional; required only when CPU experts are enabled.
+    cpu_gemv: float | None = field(default=None, metadata=rule(
+        ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="CPU FLOP rate of an expert for one token (GEMV)"))
+    cpu_gemm: float | None = field(default=None, metadata=rule(
+        ge=TFLOPS_RANGE[0], le=TFLOPS_RANGE[1], doc="CPU FLOP rate of an expert per extra token (small GEMM)"))
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,23 @@ class Hardware:
     tflops: Compute = field(default=None)  # type: ignore[assignment]
     cpu_efficiency: CpuEfficiency = field(default_factory=CpuEfficiency)
     memory_bandwidth_gib_per_s: MemoryBandwidth | None = None
+
+
+@dataclass(frozen=True)
+class Experts:
+    """Expert-aware policies (README "Expert-aware policies"). The defaults are the core model.
+
+    Routing: uniform ``top_k / E`` per expert (or ``model.routing_probabilities`` in every
+    layer) unless ``routing_probabilities`` (one row per MoE layer) or ``routing_trace``
+    (a CSV or JSONL file of per-token choices, scenarios/traces/README.md) is given.
+    """
+
+    expert_traffic: Literal["all", "expected"] = "all"   # decode moves every expert, or the routed ones
+    pin_experts: bool = False      # may keep chosen (layer, expert) weights resident on the GPU
+    cpu_experts: bool = False      # may compute chosen (layer, expert) on the CPU in decode
+    routing_probabilities: list[list[float]] | None = field(
+        default=None, metadata=rule(ge=0.0, le=1.0, doc="per MoE layer, per expert: per-token probability"))
+    routing_trace: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +214,7 @@ class Scenario:
     hardware: Hardware = field(default=None)  # type: ignore[assignment]
     policy: Policy = field(default_factory=Policy)
     search: Search = field(default_factory=Search)
+    experts: Experts = field(default_factory=Experts)
     solver: SolverOptions = field(default_factory=SolverOptions)
 
 
@@ -279,6 +304,7 @@ def _check_cross_fields(sc: Scenario) -> None:
         if not math.isclose(sum(q), m.num_experts_per_token, rel_tol=1e-6, abs_tol=1e-9):
             raise InputError("model.routing_probabilities", list(q),
                              f"must sum to num_experts_per_token ({m.num_experts_per_token}), sums to {sum(q):g}")
+    _check_experts(sc)
     pct = sc.policy.percent
     if pct is not None:
         if len(pct) != 6:
@@ -297,6 +323,34 @@ def _check_cross_fields(sc: Scenario) -> None:
     if pol.num_gpu_batches and srch.max_num_gpu_batches and pol.num_gpu_batches > srch.max_num_gpu_batches:
         raise InputError("policy.num_gpu_batches", pol.num_gpu_batches,
                          f"exceeds search.max_num_gpu_batches ({srch.max_num_gpu_batches})")
+
+
+def _check_experts(sc: Scenario) -> None:
+    ex, m = sc.experts, sc.model
+    if ex.routing_probabilities is not None and ex.routing_trace is not None:
+        raise InputError("experts.routing_trace", ex.routing_trace,
+                         "give either experts.routing_probabilities or experts.routing_trace, not both")
+    if ex.routing_probabilities is not None and m.hf_config is None:
+        rows = ex.routing_probabilities
+        for i, row in enumerate(rows):
+            if len(row) != m.num_experts:
+                raise InputError(f"experts.routing_probabilities[{i}]", list(row),
+                                 f"needs one entry per expert ({m.num_experts})")
+            if not math.isclose(sum(row), m.num_experts_per_token, rel_tol=1e-6, abs_tol=1e-9):
+                raise InputError(f"experts.routing_probabilities[{i}]", list(row),
+                                 f"must sum to num_experts_per_token ({m.num_experts_per_token}), "
+                                 f"sums to {sum(row):g}")
+    fl = sc.hardware.tflops
+    if ex.cpu_experts:
+        for name in ("cpu_gemv", "cpu_gemm"):
+            if getattr(fl, name) is None:
+                raise InputError(f"hardware.tflops.{name}", None,
+                                 "required by experts.cpu_experts: the CPU's FLOP rate for an expert "
+                                 "(TFLOP/s; see the presets in model/presets/hardware)")
+    if fl.cpu_gemv is not None and fl.cpu_gemm is not None and fl.cpu_gemv > fl.cpu_gemm:
+        raise InputError("hardware.tflops.cpu_gemv", fl.cpu_gemv,
+                         f"must be <= hardware.tflops.cpu_gemm ({fl.cpu_gemm:g}): a GEMV is memory-bound, "
+                         "never faster per FLOP than a GEMM")
 
 
 class _DuplicateKey(Exception):
@@ -373,7 +427,8 @@ def _deep_copy(x):
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Load and validate a YAML scenario, with optional dotted-path overrides.
 
-    A relative ``model.hf_config`` is resolved against the scenario file's folder.
+    A relative ``model.hf_config`` or ``experts.routing_trace`` is resolved against the
+    scenario file's folder.
     """
     raw = load_raw(path)
     if overrides:
@@ -386,6 +441,12 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
             beside = Path(path).resolve().parent / cfg
             if beside.exists():
                 raw["model"]["hf_config"] = str(beside)
+    if isinstance(raw, dict) and isinstance(raw.get("experts"), dict):
+        trace = raw["experts"].get("routing_trace")
+        if isinstance(trace, str) and trace.strip() and not Path(trace).is_absolute():
+            beside = Path(path).resolve().parent / trace
+            if beside.exists():
+                raw["experts"]["routing_trace"] = str(beside)
     return from_dict(raw)
 
 

@@ -29,6 +29,7 @@ import pyomo.environ as pyo
 
 from .accounting import build_accounting
 from .build import ModelData, build_model
+from .experts import ExpertSetup, specialize
 from .families.cost import MIB_PER_GIB, US_PER_S
 from .scenario import Scenario
 from .terms import DECODE_OVERLAPPED, PREFILL_GROUPS
@@ -94,7 +95,7 @@ def _lp_fractions(lp) -> dict:
 
 def sensitivity(sc: Scenario, data: ModelData, g: int, N: int) -> Sensitivity:
     """Binding constraints and marginal values at ``(g, N)``; see the module docstring."""
-    fixed = ModelData(**{**data.__dict__, "fixed_batch": (g, N), "g_lo": g, "g_hi": g, "N_lo": N, "N_hi": N})
+    fixed = data.fixed_at(g, N)
     lp = build_model(fixed)
     from pyomo.contrib.solver.common.factory import SolverFactory
 
@@ -119,12 +120,15 @@ def sensitivity(sc: Scenario, data: ModelData, g: int, N: int) -> Sensitivity:
         per_gib[dev] = to_tput * dt
     per_gib["disk"] = to_tput * duals.get(cap.disk_memory_within_capacity, 0.0) * MIB_PER_GIB * data.alpha["disk"] / b
 
-    base_terms = _time_terms_us(data.accounting, g, N, fractions)
+    base_terms = _time_terms_us(fixed.accounting, g, N, fractions)
     per_bw = {}
     tm = lp.timing
-    counts = {grp.name: grp.count for grp in data.accounting.groups}
+    counts = {grp.name: grp.count for grp in fixed.accounting.groups}
     for path, value in _links(sc).items():
-        bumped = build_accounting(_bumped(sc, path, value * (1 + _EPS)))
+        bumped_sc = _bumped(sc, path, value * (1 + _EPS))
+        bumped = build_accounting(bumped_sc)
+        if data.expert_decision is not None:
+            bumped = specialize(bumped, ExpertSetup.from_scenario(bumped_sc), data.expert_decision, b)
         terms = _time_terms_us(bumped, g, N, fractions)
         # d(term)/d(theta) for terms affine in 1/theta: -(term(theta) - term(theta(1+e))) (1+e) / (e theta)
         d = {key: -(base_terms[key] - terms[key]) * (1 + _EPS) / (_EPS * value) for key in base_terms}

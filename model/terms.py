@@ -146,6 +146,22 @@ class LayerGroup:
     time: dict[tuple[str, str], Quantity]
 
 
+@dataclass(frozen=True)
+class ExpertGroup:
+    """The routed experts of one layer group of MoE layers (one group per layer when split).
+
+    ``layer_weights_gib`` is one layer's weights (dense part + every expert): the amount
+    that the group's per-layer ``block`` coefficients refer to (``model.experts`` scales
+    them by ``W_e / layer_weights_gib`` to get one expert's share).
+    """
+
+    name: str                                 # the layer group (LayerGroup.name)
+    layers: tuple[int, ...]                   # transformer layer indices (0-based)
+    routing: tuple[float, ...]                # q_e: per-token probability that the router picks e
+    expert_weights_gib: tuple[float, ...]     # W_e of one layer
+    layer_weights_gib: float
+
+
 @dataclass
 class Accounting:
     """Everything the optimization model needs, as plain numbers (GiB, seconds).
@@ -169,6 +185,13 @@ class Accounting:
     allowed: dict[tuple[str, str], bool]
     gpu_resident_gib: float = 0.0            # kept on the GPU outside the placement (embeddings, head)
     notes: tuple[str, ...] = ()
+    # --- what expert-aware policies need (model.experts) ---------------------------------
+    prompt_len: int = 1
+    expert_groups: tuple[ExpertGroup, ...] = ()
+    expert_flops_per_token: float = 0.0      # FLOPs to run one routed expert for one token
+    expert_gpu_flops: float = 1.0            # FLOP/s at which the GPU runs them (decode)
+    experts_every_token: bool = False        # the accounting runs every expert for every token (flexllmgen)
+    hidden_gib_per_token: float = 0.0        # one token's hidden state (fp16), sent to a CPU expert and back
 
     @property
     def num_layers(self) -> int:

@@ -60,6 +60,10 @@ FLAG_FIELDS = {
     "time_limit": ("--time-limit", "solver.time_limit_s"),
     "mip_gap": ("--mip-gap", "solver.mip_gap"),
     "threads": ("--threads", "solver.threads"),
+    "expert_traffic": ("--expert-traffic", "experts.expert_traffic"),
+    "pin_experts": ("--pin-experts", "experts.pin_experts"),
+    "cpu_experts": ("--cpu-experts", "experts.cpu_experts"),
+    "routing": ("--routing", "experts.routing_trace"),
 }
 
 
@@ -123,6 +127,18 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--num-gpu-batches", type=int, metavar="N", help="fix the number of GPU batches N")
     g.add_argument("--percent", type=float, nargs=6, metavar=("WG", "WC", "CG", "CC", "HG", "HC"),
                    help="fix placement percents as FlexLLMGen's --percent (disk takes the rest)")
+    g = p.add_argument_group("expert-aware policies (README: Expert-aware policies)")
+    g.add_argument("--expert-traffic", choices=("all", "expected"),
+                   help="decode moves every expert of a layer (all: the reference's assumption) or only those "
+                        "that the block's tokens route to (expected: sum_e 1-(1-q_e)^b per layer)")
+    g.add_argument("--pin-experts", action=argparse.BooleanOptionalAction, default=None,
+                   help="let the solver keep chosen (layer, expert) weights resident on the GPU")
+    g.add_argument("--cpu-experts", action=argparse.BooleanOptionalAction, default=None,
+                   help="let the solver compute chosen (layer, expert) on the CPU in decode "
+                        "(needs hardware.tflops.cpu_gemv and cpu_gemm)")
+    g.add_argument("--routing", metavar="FILE",
+                   help="routing trace (.csv or .jsonl of per-token expert choices, scenarios/traces/README.md): "
+                        "per-layer expert probabilities are counted from it")
     g = p.add_argument_group("solver")
     g.add_argument("--solver", metavar="NAME", help="MIP solver (default: highs)")
     g.add_argument("--time-limit", type=float, metavar="S", help="solver time limit, seconds")
@@ -162,6 +178,9 @@ def overrides_from(args) -> dict:
             out[field] = list(value) if isinstance(value, list) else value
     if args.compress_w:
         out["model.compress_weights"] = True
+    if args.routing is not None:
+        out["experts.routing_trace"] = str(Path(args.routing).resolve()) if args.routing.strip() else args.routing
+        out["experts.routing_probabilities"] = None   # the trace replaces rows given in the file
     return out
 
 
@@ -279,7 +298,8 @@ def run(argv: list[str] | None = None) -> int:
         if fmt == "flexllmgen":
             model_id = check_flexllmgen(sc, args)
         pol = sc.policy
-        if pol.gpu_batch_size and pol.num_gpu_batches and pol.percent is not None:
+        if pol.gpu_batch_size and pol.num_gpu_batches and pol.percent is not None \
+                and not (sc.experts.pin_experts or sc.experts.cpu_experts):
             res = evaluate_policy(sc, pol.gpu_batch_size, pol.num_gpu_batches, pol.percent)
         else:
             res = optimize(sc)
@@ -323,6 +343,9 @@ def print_flexllmgen(res, args, model_id: str) -> int:
         say(f"error: no FlexLLMGen command line: {why} (FlexLLMGen's --percent takes integers)")
         return 1
     print(cmd)
+    if res.pinned_experts or res.cpu_experts:
+        say(f"note: FlexLLMGen has no flags for pinned ({len(res.pinned_experts)}) or CPU-computed "
+            f"({len(res.cpu_experts)}) experts: this command runs the batch sizes and placement only")
     if res.status not in ("optimal", "evaluated"):
         say(f"note: the solver stopped early ({res.status}): the policy is the best found, not proven optimal")
     return 0

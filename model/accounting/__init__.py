@@ -6,7 +6,10 @@ original script, quirks included (DESIGN.md section 3).
 
 from __future__ import annotations
 
-from ..architecture import Architecture, from_model_spec, kv_cache_elements_per_token_per_layer, parameter_counts
+from dataclasses import replace
+
+from ..architecture import (Architecture, from_model_spec, kv_cache_elements_per_token_per_layer, moe_layer_indices,
+                            parameter_counts, routing, with_layer_routing)
 from ..scenario import Scenario
 from ..terms import Accounting
 from . import exact, flexllmgen
@@ -35,7 +38,14 @@ def architecture_of(scenario: Scenario) -> Architecture:
 
 
 def build_accounting(scenario: Scenario) -> Accounting:
-    """The accounting of ``scenario.model.accounting`` for this scenario."""
+    """The accounting of ``scenario.model.accounting`` for this scenario.
+
+    With per-layer routing that differs between layers, or with experts pinned or
+    computed on the CPU (decisions per layer), every MoE layer is its own layer group.
+    """
+    from ..experts import ExpertSetup, routing_rows, split_layers
+
+    split = ExpertSetup.from_scenario(scenario).has_decisions
     if scenario.model.accounting == "flexllmgen":
         if scenario.model.hf_config is not None:
             from ..errors import InputError
@@ -43,8 +53,21 @@ def build_accounting(scenario: Scenario) -> Accounting:
             raise InputError("model.accounting", "flexllmgen",
                              "the reference accounting knows only Mixtral's explicit numbers; "
                              "use accounting: exact with model.hf_config")
-        return flexllmgen.build(scenario)
-    return exact.build(scenario, architecture_of(scenario))
+        acc = flexllmgen.build(scenario)
+        m = scenario.model
+        if m.num_experts <= 1:
+            return acc
+        rows = routing_rows(scenario, m.num_layers, m.num_experts, m.num_experts_per_token, acc.routing_probability)
+        if split or len(set(rows)) > 1:
+            return split_layers(acc, rows)
+        return replace(acc, expert_groups=tuple(replace(eg, routing=rows[0]) for eg in acc.expert_groups))
+    arch = architecture_of(scenario)
+    layers = moe_layer_indices(arch)
+    if layers:
+        moe = arch.moe_group
+        rows = routing_rows(scenario, len(layers), moe.mlp.num_experts, moe.mlp.top_k, routing(arch, moe.mlp, moe))
+        arch = with_layer_routing(arch, rows, split=split or len(set(rows)) > 1)
+    return exact.build(scenario, arch)
 
 
 def model_info(scenario: Scenario, acc: Accounting) -> dict:

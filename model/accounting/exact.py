@@ -43,7 +43,8 @@ from ..architecture import (Architecture, LayerGroup as ArchGroup, attention_par
                             expert_params, kv_cache_elements_per_token_per_layer, layer_dense_params,
                             mlp_matrix_params, norm_params, parameter_counts, routing)
 from ..scenario import Scenario
-from ..terms import COMPONENTS, DEVICES, MEMORY_KEYS, PHASES, Accounting, LayerGroup, MemoryTerms, Quantity
+from ..terms import (COMPONENTS, DEVICES, MEMORY_KEYS, PHASES, Accounting, ExpertGroup, LayerGroup, MemoryTerms,
+                     Quantity)
 from .flexllmgen import DECODE_DISK_WEIGHT_EFFICIENCY
 
 GIB = float(2**30)
@@ -141,7 +142,7 @@ def _weights_read(arch: Architecture, group: ArchGroup):
     if mlp.kind != "moe":
         return lambda t: fixed
     one = FP16 * mlp_matrix_params(h1, mlp.intermediate_size, mlp.gated, False)
-    q = routing(arch, mlp)
+    q = routing(arch, mlp, group)
     return lambda t: fixed + one * sum(1.0 - (1.0 - qe) ** t for qe in q)
 
 
@@ -266,11 +267,19 @@ def build(sc: Scenario, arch: Architecture) -> Accounting:
         vec = vector_params(arch, moe)
         dense_w = gib((layer_dense_params(arch, moe) - vec) * bpe + vec * FP16)
         experts = tuple(gib(expert_params(arch, moe.mlp) * bpe) for _ in range(moe.mlp.num_experts))
-        probs = routing(arch, moe.mlp)
+        probs = routing(arch, moe.mlp, moe)
     else:  # a dense model is the one-expert case: its MLP is the "expert" every token uses
         g0 = arch.groups[0]
         mlp_w = gib(dense_mlp_params(arch, g0.mlp) * bpe)
         dense_w, experts, probs = weights[g0.name] - mlp_w, (mlp_w,), (1.0,)
+    expert_groups, start = [], 0
+    for grp in arch.groups:
+        if grp.mlp.kind == "moe":
+            expert_groups.append(ExpertGroup(
+                name=grp.name, layers=tuple(range(start, start + grp.count)), routing=routing(arch, grp.mlp, grp),
+                expert_weights_gib=tuple(gib(expert_params(arch, grp.mlp) * bpe) for _ in range(grp.mlp.num_experts)),
+                layer_weights_gib=weights[grp.name]))
+        start += grp.count
     return Accounting(
         mode="exact",
         gen_len=n,
@@ -285,4 +294,11 @@ def build(sc: Scenario, arch: Architecture) -> Accounting:
         gpu_resident_gib=emb_gib,
         notes=("exact accounting: embeddings and LM head resident on the GPU; all routed experts move "
                "in every layer; decode attention memory-bound (roofline)",),
+        prompt_len=s,
+        expert_groups=tuple(expert_groups),
+        expert_flops_per_token=(2 * mlp_matrix_params(h1, moe.mlp.intermediate_size, moe.mlp.gated, False)
+                                if moe is not None else 0.0),
+        expert_gpu_flops=peak,
+        experts_every_token=False,
+        hidden_gib_per_token=gib(FP16 * h1),
     )

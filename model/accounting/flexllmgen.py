@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from ..scenario import Scenario
-from ..terms import COMPONENTS, DEVICES, MEMORY_KEYS, PHASES, Accounting, LayerGroup, MemoryTerms, Quantity
+from ..terms import COMPONENTS, DEVICES, MEMORY_KEYS, PHASES, Accounting, ExpertGroup, LayerGroup, MemoryTerms, Quantity
 
 GIB = float(2**30)
 TERA = 1e12
@@ -140,4 +140,12 @@ def build(sc: Scenario) -> Accounting:
         efficiency=lambda g: cpu_attention_efficiency(g, h1, eff.c1, eff.c2, eff.c3),
         allowed=allowed,
         notes=("flexllmgen accounting: the original script's byte/FLOP counts (DESIGN.md section 3)",),
+        prompt_len=s,
+        expert_groups=(ExpertGroup(name=GROUP, layers=tuple(range(l)), routing=routing,
+                                   expert_weights_gib=tuple(gib(expert_bytes) / shrink for _ in range(E)),
+                                   layer_weights_gib=W),),
+        expert_flops_per_token=4 * h1 * h2,       # the reference's count: 2 matmuls of h1 x h2 per expert
+        expert_gpu_flops=fl.gpu_matmul_decode * TERA,
+        experts_every_token=True,                 # the reference runs every expert for every token
+        hidden_gib_per_token=gib(2 * h1),
     )

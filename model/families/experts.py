@@ -1,0 +1,344 @@
+"""Experts: pinning on the GPU, computing on the CPU, and expected expert traffic (model.experts).
+
+Adds the per-(layer, expert) decisions and the terms they change to the cost
+expressions, after the cost family built them. Per sequence (everything divided by
+``b``), with ``omega_d = p[weights, d] / b`` and ``u = 1/b``:
+
+    kept[G,e]       = pin[G,e] + cpu[G,e]                     (binary; at most one role)
+    kappa[G,e,d]    = kept * omega_d                          (McCormick, exact: kept is binary)
+    pinned_u[G,e]   = pin * u,   cpu_u[G,e] = cpu * u         (idem)
+
+A quantity with per-block weights coefficients ``o_d`` (see :mod:`model.experts`)
+changes by, for each expert ``e`` of the group with share ``f = scale * W_e``,
+
+    - f sum_d o_d kappa[G,e,d] + f o_gpu pinned_u + f o_cpu cpu_u [where the CPU expert moves]
+
+With ``expert_traffic: expected`` a one-hot ``beta_k`` picks the block size among the
+sizes where ``mu_e(b) = 1 - r_e^b`` (``r_e = 1 - q_e``) still differs from 1, and one
+bucket for the rest; ``u = sum_k beta_k / k + u_flat`` ties it to ``u = 1/b``. With
+``zeta[k,d] = beta_k * omega_d`` (McCormick), a streamed expert's saving in a phase
+with ``t`` tokens per sequence is
+
+    S[G,e,d] = sum_k r_e^(k t) zeta[k,d]          (= r_e^(b t) omega_d, exact at every b)
+    sigma    = (1 - kept) * S                     (McCormick)
+    time    -= f sum_d o_d sigma
+
+A CPU expert adds, per decode step and sequence, ``cpu * (q F / R_gemm - GPU saving)
++ rho * F (1/R_gemv - 1/R_gemm)`` with ``rho = cpu * mu(b)/b`` and ``mu(b)/b = u -
+sum_k (r^k / k) beta_k``, and its tokens' hidden states to the CPU and back.
+With ``b`` fixed (the LP re-solve path) the same terms use the constants ``r^(b t)``
+and ``mu(b)/b``.
+"""
+
+from __future__ import annotations
+
+import pyomo.environ as pyo
+
+from ..experts import (EXPECTED_TRAFFIC_TOL, attached, cpu_expert_seconds, exact_block_sizes,
+                       hidden_transfer_seconds, kept_home, moved_probability)
+from .cost import MIB_PER_GIB, US_PER_S
+
+# Saving coefficients r^(k t) below this are dropped (mu taken as 1, as beyond the one-hot's sizes):
+# solvers ignore matrix entries this small anyway (HiGHS: 1e-9), and the error is below it.
+SMALL = EXPECTED_TRAFFIC_TOL
+
+
+def add(m, data) -> None:
+    m.experts = blk = pyo.Block(doc="Expert-aware decisions: pinned on the GPU, computed on the CPU, expected traffic")
+    acc, setup = data.accounting, data.experts
+    groups = list(acc.expert_groups)
+    if setup is None or not setup.active or data.expert_decision is not None or not groups:
+        return
+    by_name = {eg.name: eg for eg in groups}
+    blk.EXPERT_GROUPS = pyo.Set(initialize=[eg.name for eg in groups], ordered=True,
+                                doc="Layer groups of MoE layers (one per layer when decisions are per layer)")
+    blk.GROUP_EXPERTS = pyo.Set(initialize=[(eg.name, e) for eg in groups for e in range(len(eg.routing))],
+                                dimen=2, ordered=True, doc="(layer group, expert)")
+    wdev = [d for d in m.DEVICES if acc.allowed[("weights", d)]]
+    blk.WEIGHT_DEVICES = pyo.Set(initialize=wdev, within=m.DEVICES, ordered=True, doc="Devices that may hold weights")
+    omega, u = m.placement.weights_per_seq, m.batching.per_block
+    u_hi = 1.0 / (data.g_lo * data.N_lo)
+    fixed_b = None if data.fixed_batch is None else data.fixed_batch[0] * data.fixed_batch[1]
+    GE = blk.GROUP_EXPERTS
+
+    # ---- decisions -------------------------------------------------------------------
+    zero = {ge: 0 for ge in GE}
+    if setup.pin:
+        blk.pinned = pyo.Var(GE, domain=pyo.Binary, doc="1: the expert's weights stay resident on the GPU")
+    if setup.cpu:
+        blk.on_cpu = pyo.Var(GE, domain=pyo.Binary, doc="1: the expert is computed on the CPU in decode")
+    pin = blk.pinned if setup.pin else zero
+    cpu = blk.on_cpu if setup.cpu else zero
+    if setup.pin and setup.cpu:
+        @blk.Constraint(GE, doc="An expert is pinned on the GPU, computed on the CPU, or streamed: one role")
+        def one_role_per_expert(blk, grp, e):
+            """pin + cpu <= 1"""
+            return blk.pinned[grp, e] + blk.on_cpu[grp, e] <= 1
+
+    if setup.has_decisions:
+        blk.kept_per_seq = pyo.Var(GE, blk.WEIGHT_DEVICES, bounds=(0, u_hi),
+                                   doc="kappa = kept * p[weights, d] / b: a kept expert's would-be share, per sequence")
+        _mccormick(blk, "kept_per_seq", [(g, e, d) for (g, e) in GE for d in wdev],
+                   lambda i: pin[i[0], i[1]] + cpu[i[0], i[1]], lambda i: omega[i[2]], u_hi)
+        if setup.pin and setup.cpu:
+            blk.pinned_per_seq = pyo.Var(GE, bounds=(0, u_hi), doc="pin * u")
+            _mccormick(blk, "pinned_per_seq", list(GE), lambda i: pin[i], lambda i: u, u_hi)
+            pinned_u = {ge: blk.pinned_per_seq[ge] for ge in GE}
+            cpu_u = {ge: sum(blk.kept_per_seq[ge + (d,)] for d in wdev) - blk.pinned_per_seq[ge] for ge in GE}
+        else:
+            kept_u = {ge: sum(blk.kept_per_seq[ge + (d,)] for d in wdev) for ge in GE}
+            pinned_u = kept_u if setup.pin else zero
+            cpu_u = kept_u if setup.cpu else zero
+        _symmetry_breaking(m, blk, groups, pin, cpu, setup)
+
+    # ---- expected traffic: savings S and mu(b)/b -----------------------------------------
+    expected = setup.traffic == "expected"
+    s_len = acc.prompt_len
+    tokens = {"prefill": s_len, "decode": 1}
+    saving = {}          # (grp, e, d, phase) -> (expression S, upper bound of S)
+    mu_per_seq = {}      # (grp, e) -> expression of mu(b)/b, and its upper bound
+    if expected and fixed_b is not None:
+        for (grp, e) in GE:
+            q = by_name[grp].routing[e]
+            for ph, t in tokens.items():
+                r_bt = 1.0 - moved_probability(q, fixed_b * t)
+                if r_bt > SMALL:
+                    for d in wdev:
+                        saving[grp, e, d, ph] = (r_bt * omega[d], r_bt * u_hi)
+            mu_per_seq[grp, e] = (moved_probability(q, fixed_b) / fixed_b, u_hi)
+    elif expected:
+        b_lo, b_hi = data.g_lo * data.N_lo, min(data.b_hi, data.g_hi * data.N_hi)
+        sizes, flat, _capped = exact_block_sizes(acc, b_lo, b_hi)
+        if sizes:
+            blk.BLOCK_SIZES = pyo.Set(initialize=sizes, ordered=True,
+                                      doc="Block sizes b at which some expert's mu(b) = 1 - (1-q)^b is not yet 1")
+            blk.block_size_is = pyo.Var(blk.BLOCK_SIZES, domain=pyo.Binary, doc="beta_k: 1 when b = k")
+            top = sizes[-1]
+            if flat:
+                blk.block_size_beyond = pyo.Var(domain=pyo.Binary, doc="1 when b > max(BLOCK_SIZES)")
+                blk.per_block_beyond = pyo.Var(bounds=(0, 1.0 / (top + 1)), doc="u when b > max(BLOCK_SIZES), else 0")
+                beyond, u_beyond = blk.block_size_beyond, blk.per_block_beyond
+                blk.per_block_beyond_in_range = pyo.ConstraintList(doc="u_flat within [1/b_hi, 1/(top+1)] when chosen")
+                blk.per_block_beyond_in_range.add(u_beyond <= beyond / (top + 1))
+                blk.per_block_beyond_in_range.add(u_beyond >= beyond / b_hi)
+            else:
+                beyond, u_beyond = 0, 0
+
+            @blk.Constraint(doc="Exactly one block-size choice")
+            def one_block_size(blk):
+                """sum_k beta_k + beta_flat = 1"""
+                return sum(blk.block_size_is[k] for k in blk.BLOCK_SIZES) + beyond == 1
+
+            @blk.Constraint(doc="The block-size choice matches u = 1/b")
+            def block_size_matches_reciprocal(blk):
+                """u = sum_k beta_k / k + u_flat"""
+                return u == sum(blk.block_size_is[k] / k for k in blk.BLOCK_SIZES) + u_beyond
+
+            blk.BLOCK_DEVICES = pyo.Set(initialize=[(k, d) for k in sizes for d in wdev], dimen=2, ordered=True,
+                                        doc="(block size, weights device)")
+            # zeta[k, d] = beta_k * omega_d, as a disaggregation of omega over the block-size choices
+            # (the convex hull of each choice: tighter than McCormick products with the bound 1/b_lo)
+            blk.weights_at_block_size = pyo.Var(blk.BLOCK_DEVICES, within=pyo.NonNegativeReals,
+                                                doc="zeta = beta_k * p[weights, d] / b")
+            zeta = blk.weights_at_block_size
+            if flat:
+                blk.weights_beyond = pyo.Var(blk.WEIGHT_DEVICES, bounds=(0, 1.0 / (top + 1)),
+                                             doc="p[weights, d] / b when b > max(BLOCK_SIZES), else 0")
+
+            @blk.Constraint(wdev, doc="The weights fraction per sequence, split over the block-size choices")
+            def weights_split_over_block_sizes(blk, d):
+                """omega_d = sum_k zeta[k, d] + zeta_flat[d]"""
+                return omega[d] == sum(zeta[k, d] for k in sizes) + (blk.weights_beyond[d] if flat else 0)
+
+            @blk.Constraint(blk.BLOCK_SIZES, doc="Within a block-size choice the weights fractions sum to one")
+            def weights_at_block_size_sum(blk, k):
+                """sum_d zeta[k, d] = beta_k / k   (sum_d omega_d = u = 1/k when b = k)"""
+                return sum(zeta[k, d] for d in wdev) == blk.block_size_is[k] / k
+
+            if flat:
+                @blk.Constraint(doc="Beyond the one-hot's sizes the weights fractions sum to one")
+                def weights_beyond_sum(blk):
+                    """sum_d zeta_flat[d] = u_flat"""
+                    return sum(blk.weights_beyond[d] for d in wdev) == u_beyond
+
+        for (grp, e) in GE:
+            q = by_name[grp].routing[e]
+            if q <= 0.0:   # never routed: never moves, never computed (exact at every b)
+                for ph in tokens:
+                    for d in wdev:
+                        saving[grp, e, d, ph] = (omega[d], u_hi)
+                mu_per_seq[grp, e] = (0, 0.0)
+                continue
+            if not sizes or q >= 1.0:
+                mu_per_seq[grp, e] = (u, u_hi)
+                continue
+            for ph, t in tokens.items():
+                coef = {k: (1.0 - q) ** (k * t) for k in sizes}
+                coef = {k: c for k, c in coef.items() if c > SMALL}
+                if coef:
+                    bound = max(c / k for k, c in coef.items())
+                    for d in wdev:
+                        saving[grp, e, d, ph] = (_shared_saving(blk, q, d, ph, coef, zeta), bound)
+            if setup.cpu:
+                mu_per_seq[grp, e] = (_shared_moved(blk, q, u, sizes), u_hi)
+
+    sigma = {}
+    if saving:
+        keys = sorted(saving, key=str)
+        if setup.has_decisions:
+            blk.SAVING_INDEX = pyo.Set(initialize=keys, dimen=4, ordered=True, doc="(group, expert, device, phase)")
+            blk.streamed_saving = pyo.Var(blk.SAVING_INDEX, within=pyo.NonNegativeReals,
+                                          doc="sigma = (1 - kept) * S: weights a streamed expert does not move, per seq")
+            blk.streamed_saving_def = pyo.ConstraintList(doc="sigma = (1 - kept) S, linearized (kept binary)")
+            for key in keys:
+                S, s_hi = saving[key]
+                kept = pin[key[0], key[1]] + cpu[key[0], key[1]]
+                sg = blk.streamed_saving[key]
+                blk.streamed_saving_def.add(sg <= S)
+                blk.streamed_saving_def.add(sg <= s_hi * (1 - kept))
+                blk.streamed_saving_def.add(sg >= S - s_hi * kept)
+                sigma[key] = sg
+            # kept share + saved share <= the expert's share (kept = 1: sigma = 0; kept = 0: kappa = 0, S <= omega):
+            # without it the relaxation keeps and saves the same bytes twice
+            blk.kept_or_saved = pyo.ConstraintList(doc="kappa + sigma <= p[weights, d] / b")
+            for grp, e, d, ph in keys:
+                blk.kept_or_saved.add(blk.kept_per_seq[grp, e, d] + sigma[grp, e, d, ph] <= omega[d])
+        else:
+            sigma = {key: saving[key][0] for key in keys}
+
+    rho = {}
+    if setup.cpu and not mu_per_seq:   # every expert counts as moved: rho = cpu * u, already at hand
+        rho = dict(cpu_u)
+    elif setup.cpu:
+        blk.cpu_per_moved = pyo.Var(GE, within=pyo.NonNegativeReals, doc="rho = cpu * mu(b)/b")
+        blk.cpu_per_moved_def = pyo.ConstraintList(doc="rho = cpu * mu(b)/b, linearized (cpu binary)")
+        for ge in GE:
+            nu, nu_hi = mu_per_seq.get(ge, (u, u_hi))
+            r = blk.cpu_per_moved[ge]
+            blk.cpu_per_moved_def.add(r >= nu - nu_hi * (1 - cpu[ge]))
+            blk.cpu_per_moved_def.add(r <= nu)
+            blk.cpu_per_moved_def.add(r <= nu_hi * cpu[ge])
+            blk.cpu_per_moved_def.add(r >= cpu_u[ge] - (u - nu))   # cpu*nu = cpu*u - cpu*(u - nu), 0 <= u - nu
+            rho[ge] = r
+
+    # ---- the terms, added to the cost expressions ---------------------------------------
+    cost = m.cost
+    for eg in groups:
+        for it in attached(acc, eg):
+            o = dict(it.quantity.block)
+            terms = []
+            for e, w_e in enumerate(eg.expert_weights_gib):
+                f = it.scale_per_gib * w_e
+                ge = (eg.name, e)
+                if it.kind == "time":
+                    terms += [-f * c * sigma[eg.name, e, d, it.phase] for d, c in o.items()
+                              if c and (eg.name, e, d, it.phase) in sigma]
+                if setup.has_decisions:
+                    terms += [-f * c * blk.kept_per_seq[ge + (d,)] for d, c in o.items() if c and d in wdev]
+                    if setup.pin and o.get("gpu"):
+                        terms.append(f * o["gpu"] * pinned_u[ge])
+                    if setup.cpu and o.get("cpu") and kept_home("cpu", it) == "cpu":
+                        terms.append(f * o["cpu"] * cpu_u[ge])
+            if not terms:
+                continue
+            delta = sum(terms)
+            expr = _cost_expression(cost, eg.name, it)
+            expr.set_value(expr.expr + (US_PER_S if it.kind == "time" else MIB_PER_GIB) * delta)
+        if setup.cpu:
+            comp = cost.layer_time_per_seq_us[eg.name, "decode", "comp"]
+            ctog = cost.layer_time_per_seq_us[eg.name, "decode", "ctog"]
+            gtoc = cost.layer_time_per_seq_us[eg.name, "decode", "gtoc"]
+            d_comp = d_ctog = d_gtoc = 0
+            for e, q in enumerate(eg.routing):
+                per_moved, per_seq = cpu_expert_seconds(acc, setup, q)
+                to_gpu, to_cpu = hidden_transfer_seconds(acc, setup, q)
+                c = cpu[eg.name, e]
+                d_comp += per_moved * rho[eg.name, e] + per_seq * c
+                d_ctog += to_gpu * c
+                d_gtoc += to_cpu * c
+            comp.set_value(comp.expr + US_PER_S * d_comp)
+            ctog.set_value(ctog.expr + US_PER_S * d_ctog)
+            gtoc.set_value(gtoc.expr + US_PER_S * d_gtoc)
+
+
+def _shared_saving(blk, q: float, d: str, ph: str, coef: dict, zeta):
+    """S(q) = sum_k r^(k t) zeta[k, d]: one variable per distinct routing probability, device and
+    phase, defined once (experts with the same q share it: far fewer nonzeros than one sum each)."""
+    if not hasattr(blk, "unmoved_def"):
+        blk.unmoved_index = {}
+        blk.unmoved_per_seq = pyo.VarList(within=pyo.NonNegativeReals,
+                                          doc="S = r^(b t) p[weights, d] / b for one q, d and phase")
+        blk.unmoved_def = pyo.ConstraintList(doc="S(q) = sum_k (1 - q)^(k t) zeta[k, d]")
+    key = (q, d, ph)
+    if key not in blk.unmoved_index:
+        v = blk.unmoved_per_seq.add()
+        blk.unmoved_def.add(v == sum(c * zeta[k, d] for k, c in coef.items()))
+        blk.unmoved_index[key] = v
+    return blk.unmoved_index[key]
+
+
+def _shared_moved(blk, q: float, u, sizes):
+    """mu(b)/b = u - sum_k ((1 - q)^k / k) beta_k: one variable per distinct routing probability."""
+    if not hasattr(blk, "moved_def"):
+        blk.moved_index = {}
+        blk.moved_per_seq = pyo.VarList(within=pyo.NonNegativeReals, doc="mu(b)/b = (1 - (1 - q)^b) / b for one q")
+        blk.moved_def = pyo.ConstraintList(doc="mu(b)/b = u - sum_k ((1 - q)^k / k) beta_k")
+    if q not in blk.moved_index:
+        v = blk.moved_per_seq.add()
+        blk.moved_def.add(v == u - sum(c * blk.block_size_is[k] for k in sizes
+                                       if (c := (1.0 - q) ** k / k) > EXPECTED_TRAFFIC_TOL / k))
+        blk.moved_index[q] = v
+    return blk.moved_index[q]
+
+
+def _cost_expression(cost, group: str, it):
+    if it.kind == "time":
+        return cost.layer_time_per_seq_us[group, it.phase, it.component]
+    if it.device == "disk":
+        return cost.disk_memory_per_seq_mib
+    if it.kind == "home":
+        return getattr(cost, f"{it.device}_home_per_seq_mib")[it.phase]
+    return getattr(cost, f"{it.device}_working_per_seq_mib")[it.phase, group]
+
+
+def _mccormick(blk, name: str, index, binary, cont, hi: float, upper=None) -> None:
+    """``w = z * x`` for binary z and x in [0, hi]: w <= x, w <= hi' z, w >= x - hi (1 - z), w >= 0."""
+    w = getattr(blk, name)
+    cons = pyo.ConstraintList(doc=f"{name} = binary * variable (McCormick, exact for a binary)")
+    blk.add_component(f"{name}_def", cons)
+    for i in index:
+        z, x = binary(i), cont(i)
+        cons.add(w[i] <= x)
+        cons.add(w[i] <= (upper(i) if upper else hi) * z)
+        cons.add(w[i] >= x - hi * (1 - z))
+
+
+def _symmetry_breaking(m, blk, groups, pin, cpu, setup) -> None:
+    """Identical experts of a layer: pinned first, then CPU, then streamed; identical layers: more pins first.
+
+    Valid because permuting identical experts (same routing probability and weights) or
+    identical layers (same routing row, same coefficients) maps a policy to one of equal
+    throughput and memory.
+    """
+    blk.symmetry = pyo.ConstraintList(doc="Symmetry breaking among identical experts and identical layers")
+    for eg in groups:
+        classes = {}
+        for e, key in enumerate(zip(eg.routing, eg.expert_weights_gib)):
+            classes.setdefault(key, []).append(e)
+        for members in classes.values():
+            for a, b in zip(members, members[1:]):
+                ga, gb = (eg.name, a), (eg.name, b)
+                if setup.pin:
+                    blk.symmetry.add(pin[ga] >= pin[gb])
+                blk.symmetry.add(pin[ga] + cpu[ga] >= pin[gb] + cpu[gb])
+    first = pin if setup.pin else cpu
+    for ga, gb in zip(groups, groups[1:]):
+        if (ga.routing == gb.routing and ga.expert_weights_gib == gb.expert_weights_gib
+                and _same_layer(m, ga.name, gb.name)):
+            blk.symmetry.add(sum(first[ga.name, e] for e in range(len(ga.routing)))
+                             >= sum(first[gb.name, e] for e in range(len(gb.routing))))
+
+
+def _same_layer(m, a: str, b: str) -> bool:
+    """Whether two layer groups have the same cost coefficients (split copies of one group)."""
+    return a.rsplit(".", 1)[0] == b.rsplit(".", 1)[0]
