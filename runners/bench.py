@@ -8,6 +8,11 @@ solving the fixed-(g, N) LP over the same search bounds (``model.enumerate``)
 with its ratio to build + MILP. Both must find the
 same optimum; a disagreement beyond the MIP gap is printed as an error.
 Speed is reported, never asserted: machines here are shared and noisy.
+
+``--experts`` instead solves the expert-aware variants of the README table
+(reference assumptions, expected traffic, a skewed routing trace, pinning, CPU
+experts, everything) for each scenario at generation lengths 32 and 256, and
+prints throughput, the policy chosen and the solve time of each.
 """
 
 from __future__ import annotations
@@ -30,6 +35,44 @@ def optimize_once(sc):
     return res.build_s, res.solve.wall_s, res.total_s, res
 
 
+TRACE = ROOT / "scenarios" / "traces" / "mixtral_skewed.jsonl"
+# (label, experts section): the README "Expert-aware policies" table, one row each
+EXPERT_VARIANTS = [
+    ("reference assumptions", {}),
+    ("expected traffic", {"expert_traffic": "expected"}),
+    ("expected + skewed trace", {"expert_traffic": "expected", "routing_trace": str(TRACE)}),
+    ("pinning + expected + trace", {"pin_experts": True, "expert_traffic": "expected", "routing_trace": str(TRACE)}),
+    ("CPU experts", {"cpu_experts": True}),
+    ("all + trace", {"pin_experts": True, "cpu_experts": True, "expert_traffic": "expected",
+                     "routing_trace": str(TRACE)}),
+]
+
+
+def experts_table(paths, gen_lens, time_limit: float, only=None) -> int:
+    """Throughput and policy of each expert-aware variant (README table)."""
+    print(f"{'scenario':<14} {'n':>4} {'variant':<31} {'tokens/s':>9} {'vs ref':>7} {'g':>4} {'N':>5} "
+          f"{'pinned':>6} {'CPU':>4} {'moved/layer':>11} {'status':<10} {'solve s':>8}")
+    for path in paths:
+        base = load_scenario(path)
+        for n in gen_lens:
+            ref = None
+            for label, experts in EXPERT_VARIANTS:
+                if only and label not in only:
+                    continue
+                sc = override(base, {"workload.gen_len": n, "solver.time_limit_s": time_limit,
+                                     **{f"experts.{k}": v for k, v in experts.items()}})
+                res = optimize(sc)
+                tput = res.throughput_tokens_per_s
+                ref = tput if ref is None else ref
+                moved = res.expected_experts_moved_per_layer or {}
+                mv = (f"{min(moved.values()):.2f}" if moved and max(moved.values()) - min(moved.values()) < 5e-3
+                      else f"{min(moved.values()):.2f}-{max(moved.values()):.2f}" if moved else "")
+                print(f"{path.stem:<14} {n:4d} {label:<31} {tput:9.4f} {tput / ref:6.3f}x {res.gpu_batch_size:4d} "
+                      f"{res.num_gpu_batches:5d} {len(res.pinned_experts):6d} {len(res.cpu_experts):4d} {mv:>11} "
+                      f"{res.status:<10} {res.solve.wall_s:8.2f}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m runners.bench", description=__doc__.split("\n")[0])
     ap.add_argument("scenarios", nargs="*", help="scenario files (default: scenarios/*.yaml)")
@@ -40,7 +83,20 @@ def main(argv=None) -> int:
                          "~80,000 LPs), or 'all' (default: %(default)s)")
     ap.add_argument("--solvers", default=None,
                     help="comma-separated solvers to time, e.g. highs,cbc,glpk,scip (default: the scenario's own)")
+    ap.add_argument("--experts", action="store_true",
+                    help="the expert-aware variants of the README table instead (default scenarios: "
+                         "t4_reference, a100_16g; generation lengths 32 and 256)")
+    ap.add_argument("--gen-lens", default="32,256", help="--experts: generation lengths (default: %(default)s)")
+    ap.add_argument("--time-limit", type=float, default=600.0,
+                    help="--experts: solver time limit per variant, s (default: %(default)s)")
+    ap.add_argument("--variants", default=None,
+                    help="--experts: comma-separated variant labels to run (default: all)")
     args = ap.parse_args(argv)
+    if args.experts:
+        paths = [Path(p) for p in args.scenarios] or [ROOT / "scenarios" / "t4_reference.yaml",
+                                                      ROOT / "scenarios" / "a100_16g.yaml"]
+        only = set(args.variants.split(",")) if args.variants else None
+        return experts_table(paths, [int(x) for x in args.gen_lens.split(",")], args.time_limit, only)
     paths = [Path(p) for p in args.scenarios] or sorted((ROOT / "scenarios").glob("*.yaml"))
     names = args.solvers.split(",") if args.solvers else [None]
     print(f"{'scenario':<16} {'solver':<7} {'build s':>8} {'MILP s':>8} {'total s':>8} {'vs highs':>8} "

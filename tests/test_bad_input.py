@@ -189,6 +189,17 @@ FIELD_CASES = [
     ("model.routing_probabilities", [0.1] * 8, ["model.routing_probabilities", "0.1"]),
     ("model.num_experts_per_token", 9, ["model.num_experts_per_token", "9"]),
     ("model.num_key_value_heads", 64, ["model.num_key_value_heads", "64"]),
+    # expert-aware policies
+    ("experts.expert_traffic", "some", ["experts.expert_traffic", "some"]),
+    ("experts.pin_experts", "yes", ["experts.pin_experts", "yes"]),
+    ("experts.colour", 1, ["experts.colour", "1"]),
+    ("experts.routing_probabilities", [[0.25] * 8] * 3, ["experts.routing_probabilities", "3 rows", "32"]),
+    ("experts.routing_probabilities", [[0.5] * 8] * 32, ["experts.routing_probabilities[0]", "0.5"]),
+    ("experts.routing_probabilities", [[0.25] * 7] * 32, ["experts.routing_probabilities[0]", "0.25"]),
+    ("experts.routing_probabilities", [[-0.25] * 8] * 32, ["experts.routing_probabilities[0][0]", "-0.25"]),
+    ("experts.routing_trace", "nosuch.jsonl", ["experts.routing_trace", "nosuch.jsonl"]),
+    ("hardware.tflops.cpu_gemv", 0.6, ["hardware.tflops.cpu_gemv", "0.6"]),
+    ("hardware.tflops.cpu_gemm", -1, ["hardware.tflops.cpu_gemm", "-1"]),
     # missing required parts
     ("hardware", DELETE, ["hardware"]),
     ("hardware.memory_gib", DELETE, ["hardware.memory_gib"]),
@@ -249,6 +260,9 @@ FLAG_CASES = [
     (["--mip-gap", "1"], ["--mip-gap", "1"]),
     (["--threads", "0"], ["--threads", "0"]),
     (["--bogus-flag"], ["--bogus-flag"]),
+    (["--expert-traffic", "some"], ["--expert-traffic", "some"]),
+    (["--routing", "nosuch.jsonl"], ["--routing", "nosuch.jsonl"]),
+    (["--routing", "scenarios/t4_reference.yaml"], ["--routing", "t4_reference.yaml"]),
 ]
 
 

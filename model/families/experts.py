@@ -80,6 +80,11 @@ def add(m, data) -> None:
                                    doc="kappa = kept * p[weights, d] / b: a kept expert's would-be share, per sequence")
         _mccormick(blk, "kept_per_seq", [(g, e, d) for (g, e) in GE for d in wdev],
                    lambda i: pin[i[0], i[1]] + cpu[i[0], i[1]], lambda i: omega[i[2]], u_hi)
+        @blk.Constraint(GE, doc="A kept expert's shares over all devices: sum_d kappa = kept * u <= kept * u_hi")
+        def kept_share_within_bound(blk, grp, e):
+            """sum_d kappa[G,e,d] <= u_hi kept   (each device's McCormick bound alone allows |devices| times that)"""
+            return sum(blk.kept_per_seq[grp, e, d] for d in wdev) <= u_hi * (pin[grp, e] + cpu[grp, e])
+
         if setup.pin and setup.cpu:
             blk.pinned_per_seq = pyo.Var(GE, bounds=(0, u_hi), doc="pin * u")
             _mccormick(blk, "pinned_per_seq", list(GE), lambda i: pin[i], lambda i: u, u_hi)
@@ -123,6 +128,18 @@ def add(m, data) -> None:
                 blk.per_block_beyond_in_range.add(u_beyond >= beyond / b_hi)
             else:
                 beyond, u_beyond = 0, 0
+
+            @blk.Constraint(doc="N <= b: the block-size choice caps the number of GPU batches")
+            def batches_within_block_size(blk):
+                """N <= sum_k k beta_k + N_hi beta_flat   (valid: N <= g N = b)"""
+                return (m.batching.num_gpu_batches
+                        <= sum(k * blk.block_size_is[k] for k in sizes) + data.N_hi * beyond)
+
+            @blk.Constraint(doc="g <= b: the block-size choice caps the GPU batch size")
+            def batch_size_within_block_size(blk):
+                """g <= sum_k k beta_k + g_hi beta_flat   (valid: g <= g N = b)"""
+                return (m.batching.gpu_batch_size
+                        <= sum(k * blk.block_size_is[k] for k in sizes) + data.g_hi * beyond)
 
             @blk.Constraint(doc="Exactly one block-size choice")
             def one_block_size(blk):
