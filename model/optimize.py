@@ -203,7 +203,15 @@ def optimize(sc: Scenario) -> Result:
     else:
         m = build_model(data)
         build_s = time.perf_counter() - t0
+        seed = _seed(data, sc, opts) if data.experts is not None and data.experts.has_decisions else None
+        if seed is not None:
+            m.experts.better_than_seed = pyo.Constraint(
+                expr=m.objective.time_per_seq_s <= seed[3].objective * (1 - sc.solver.mip_gap),
+                doc="cutoff: strictly better than the seed policy by more than the gap")
+            opts = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s - (time.perf_counter() - t0))}
         milp_res = solvers.solve(m, sc.solver.name, is_mip=True, **opts)
+        if seed is not None and not milp_res.has_solution and milp_res.termination in ("infeasible", "time_limit"):
+            return _seed_result(sc, data, bounds, seed, milp_res, build_s, t_start, opts)
         if not milp_res.has_solution:
             if milp_res.termination == "infeasible":
                 # The smallest (g, N) fits whenever anything does (feasibility is monotone): an exact
@@ -243,6 +251,73 @@ def optimize(sc: Scenario) -> Result:
     res.sensitivity = sensitivity(sc, data, g, N)
     res.flexllmgen_num_gpu_batches, res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(
         data, g, N, sc.solver.name, opts)
+    res.total_s = time.perf_counter() - t_start
+    return res
+
+
+def _seed(data: ModelData, sc: Scenario, opts):
+    """A good policy to start from when experts may be pinned or put on the CPU.
+
+    The decisions make the relaxation weak at small block sizes, and the solver can wander
+    among poor incumbents. Easier MILPs give policies that are feasible for the full one:
+    the same scenario without the decisions, and (with CPU experts and expected traffic or
+    pinning) CPU experts alone with every expert moving. Each gets at most a fifth of the time
+    limit; the best, re-solved exactly under the full model, becomes a cutoff for it: the full
+    MILP then only looks for policies better by more than the gap, and its infeasibility
+    certifies the seed. Returns ``(g, N, data with the seed's decision, LP result)`` or None.
+    """
+    from dataclasses import replace as dc_replace
+
+    setup = data.experts
+    variants = [dc_replace(setup, pin=False, cpu=False)]
+    if setup.cpu and (setup.pin or setup.traffic == "expected"):
+        variants.append(dc_replace(setup, pin=False, traffic="all"))
+    best = None
+    budget = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s / 5)}
+    for variant in variants:
+        sub = ModelData(**{**data.__dict__, "experts": variant if variant.active else None})
+        m = build_model(sub)
+        r = solvers.solve(m, sc.solver.name, is_mip=True, **budget)
+        if not r.has_solution:
+            continue
+        g, N = _batch_sizes(m)
+        full = _with_decision(ModelData(**{**data.__dict__, "experts": setup}), m) if sub.experts is not None \
+            else ModelData(**{**data.__dict__, "expert_decision": Decision()})
+        lp, res = _try_fixed(full, g, N, sc, budget)
+        if lp is not None and (best is None or res.objective < best[3].objective):
+            best = (g, N, full, res)
+    return best
+
+
+def _seed_result(sc: Scenario, data: ModelData, bounds, seed, milp_res, build_s: float, t_start: float, opts):
+    """The seed policy as the answer: the full MILP found nothing better by more than the gap."""
+    g, N, full, _res = seed
+    lp, lp_res = _try_fixed(full, g, N, sc, opts)
+    acc = full.fixed_at(g, N).accounting
+    fractions = _fractions(lp, g * N)
+    ev = evaluate(acc, g, N, fractions)
+    proved = milp_res.termination == "infeasible"
+    gap = sc.solver.mip_gap
+    status = "optimal" if proved else "time_limit"
+    bound = lp_res.objective * (1 - gap) if proved else milp_res.bound
+    solve = solvers.SolveResult(solver=milp_res.solver, version=milp_res.version, termination=status,
+                                has_solution=True, objective=lp_res.objective, bound=bound,
+                                gap=None if bound is None else max(0.0, 1 - bound / lp_res.objective),
+                                wall_s=milp_res.wall_s, message=milp_res.message)
+    res = Result(scenario=sc, accounting=acc, status=status, gpu_batch_size=g, num_gpu_batches=N,
+                 fractions=fractions, evaluation=ev, solve=solve, resolve=lp_res, bounds=bounds, build_s=build_s,
+                 expert_setup=full.experts, expert_decision=full.expert_decision)
+    bad = capacity_violations(acc, g, N, fractions, data.capacity_gib, res.usable_gib, slack=CAPACITY_SLACK)
+    if bad:
+        raise SolverError("seed policy violates capacity: " + "; ".join(bad))
+    res.binding_bounds = _binding(bounds, g, N)
+    res.notes = [("certified: with the expert decisions free, nothing beats this policy (found by an easier "
+                  "MILP) by more than the gap" if proved else
+                  f"the solver stopped ({milp_res.termination}) before improving on or certifying this policy "
+                  f"(found by an easier MILP)")]
+    res.sensitivity = sensitivity(sc, full, g, N)
+    res.flexllmgen_num_gpu_batches, res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(
+        full, g, N, sc.solver.name, opts)
     res.total_s = time.perf_counter() - t_start
     return res
 

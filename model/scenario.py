@@ -347,10 +347,6 @@ def _check_experts(sc: Scenario) -> None:
                 raise InputError(f"hardware.tflops.{name}", None,
                                  "required by experts.cpu_experts: the CPU's FLOP rate for an expert "
                                  "(TFLOP/s; see the presets in model/presets/hardware)")
-    if fl.cpu_gemv is not None and fl.cpu_gemm is not None and fl.cpu_gemv > fl.cpu_gemm:
-        raise InputError("hardware.tflops.cpu_gemv", fl.cpu_gemv,
-                         f"must be <= hardware.tflops.cpu_gemm ({fl.cpu_gemm:g}): a GEMV is memory-bound, "
-                         "never faster per FLOP than a GEMM")
 
 
 class _DuplicateKey(Exception):

@@ -22,6 +22,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import yaml
+
 from model import load_scenario, optimize, override
 from model.enumerate import enumerate_policies
 from model.optimize import model_data
@@ -48,7 +50,7 @@ EXPERT_VARIANTS = [
 ]
 
 
-def experts_table(paths, gen_lens, time_limit: float, only=None) -> int:
+def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None) -> int:
     """Throughput and policy of each expert-aware variant (README table)."""
     print(f"{'scenario':<14} {'n':>4} {'variant':<31} {'tokens/s':>9} {'vs ref':>7} {'g':>4} {'N':>5} "
           f"{'pinned':>6} {'CPU':>4} {'moved/layer':>11} {'status':<10} {'solve s':>8}")
@@ -59,7 +61,7 @@ def experts_table(paths, gen_lens, time_limit: float, only=None) -> int:
             for label, experts in EXPERT_VARIANTS:
                 if only and label not in only:
                     continue
-                sc = override(base, {"workload.gen_len": n, "solver.time_limit_s": time_limit,
+                sc = override(base, {**(sets or {}), "workload.gen_len": n, "solver.time_limit_s": time_limit,
                                      **{f"experts.{k}": v for k, v in experts.items()}})
                 res = optimize(sc)
                 tput = res.throughput_tokens_per_s
@@ -89,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gen-lens", default="32,256", help="--experts: generation lengths (default: %(default)s)")
     ap.add_argument("--time-limit", type=float, default=600.0,
                     help="--experts: solver time limit per variant, s (default: %(default)s)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="--experts: a scenario override, e.g. hardware.memory_gib.cpu=100 (repeatable)")
     ap.add_argument("--variants", default=None,
                     help="--experts: comma-separated variant labels to run (default: all)")
     args = ap.parse_args(argv)
@@ -96,7 +100,11 @@ def main(argv=None) -> int:
         paths = [Path(p) for p in args.scenarios] or [ROOT / "scenarios" / "t4_reference.yaml",
                                                       ROOT / "scenarios" / "a100_16g.yaml"]
         only = set(args.variants.split(",")) if args.variants else None
-        return experts_table(paths, [int(x) for x in args.gen_lens.split(",")], args.time_limit, only)
+        sets = {}
+        for item in args.set:
+            key, _, value = item.partition("=")
+            sets[key] = yaml.safe_load(value)
+        return experts_table(paths, [int(x) for x in args.gen_lens.split(",")], args.time_limit, only, sets)
     paths = [Path(p) for p in args.scenarios] or sorted((ROOT / "scenarios").glob("*.yaml"))
     names = args.solvers.split(",") if args.solvers else [None]
     print(f"{'scenario':<16} {'solver':<7} {'build s':>8} {'MILP s':>8} {'total s':>8} {'vs highs':>8} "

@@ -2,7 +2,10 @@
 
 Flags override the scenario file (the original script's flags). Fixing all of
 --gpu-batch-size, --num-gpu-batches and --percent evaluates that policy; fixing
-some optimizes the rest.
+some optimizes the rest. --expert-traffic, --pin-experts/--no-pin-experts,
+--cpu-experts/--no-cpu-experts and --routing FILE set the scenario's ``experts:``
+section (README "Expert-aware policies"); with pinning or CPU experts on, a fully
+fixed policy still optimizes those decisions.
 
 Output (stdout):
 

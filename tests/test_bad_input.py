@@ -198,7 +198,7 @@ FIELD_CASES = [
     ("experts.routing_probabilities", [[0.25] * 7] * 32, ["experts.routing_probabilities[0]", "0.25"]),
     ("experts.routing_probabilities", [[-0.25] * 8] * 32, ["experts.routing_probabilities[0][0]", "-0.25"]),
     ("experts.routing_trace", "nosuch.jsonl", ["experts.routing_trace", "nosuch.jsonl"]),
-    ("hardware.tflops.cpu_gemv", 0.6, ["hardware.tflops.cpu_gemv", "0.6"]),
+    ("hardware.tflops.cpu_gemv", 0, ["hardware.tflops.cpu_gemv", "0"]),
     ("hardware.tflops.cpu_gemm", -1, ["hardware.tflops.cpu_gemm", "-1"]),
     # missing required parts
     ("hardware", DELETE, ["hardware"]),

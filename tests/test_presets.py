@@ -24,7 +24,8 @@ TOP_KEYS = {"name", "source", "host_link", "memory_gib", "memory_bandwidth_gib_p
             "bandwidth_gib_per_s", "tflops", "cpu_efficiency"}
 BANDWIDTH_KEYS = {"cpu_to_gpu", "gpu_to_cpu_cache", "gpu_to_cpu_hidden", "disk_to_cpu",
                   "cpu_to_disk_cache_prefill", "cpu_to_disk_hidden_prefill", "cpu_to_disk_decode"}
-TFLOPS_KEYS = {"gpu_matmul_prefill", "gpu_matmul_decode", "gpu_bmm_prefill", "gpu_bmm_decode", "cpu"}
+TFLOPS_KEYS = {"gpu_matmul_prefill", "gpu_matmul_decode", "gpu_bmm_prefill", "gpu_bmm_decode", "cpu",
+               "cpu_gemv", "cpu_gemm"}
 
 # The reference's fitted T4 constants (mixtral_cost_model.py; scenarios/t4_reference.yaml).
 T4_BANDWIDTH = {"cpu_to_gpu": 12.89, "gpu_to_cpu_cache": 0.97, "gpu_to_cpu_hidden": 4.82,
@@ -135,7 +136,7 @@ def test_every_numeric_line_has_a_comment(name):
             numeric += 1
             if not comment.strip():
                 uncommented.append(f"line {i}: {line}")
-    assert numeric == 1 + 2 + 7 + 5 + 3          # memory_gib.gpu, memory bandwidths, links, FLOPs, c1..c3
+    assert numeric == 1 + 2 + 7 + 7 + 3          # memory_gib.gpu, memory bandwidths, links, FLOPs (+ CPU experts), c1..c3
     assert not uncommented, "numbers without a source comment:\n" + "\n".join(uncommented)
 
 
@@ -267,3 +268,12 @@ def test_override_through_load_scenario_dotted_paths(tmp_path):
 def test_unknown_preset_is_an_input_error():
     with pytest.raises(InputError, match="unknown preset"):
         from_dict(scenario_dict("v100"))
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_cpu_expert_rates_follow_their_stated_derivation(name):
+    """GEMV: half the host's DRAM bandwidth over fp16 weights (2 FLOP per 2 bytes), as each file says."""
+    raw = raw_yaml(name)
+    host_bytes_per_s = raw["memory_bandwidth_gib_per_s"]["cpu"] * 2**30
+    assert raw["tflops"]["cpu_gemv"] == pytest.approx(0.5 * host_bytes_per_s / 1e12, rel=0.01)
+    assert raw["tflops"]["cpu_gemv"] <= raw["tflops"]["cpu_gemm"]
