@@ -157,12 +157,14 @@ def kept_home(status: str, item: Attached) -> str | None:
 def cpu_expert_seconds(acc: Accounting, setup: ExpertSetup, q: float):
     """Per layer and decode step of a CPU expert: (per-block seconds per moved expert, per-sequence seconds).
 
-    Time = mu * F * (1/R_gemv - 1/R_gemm) + b * q * F / R_gemm; the GPU saves ``q F / R_gpu``
-    per sequence (``F / R_gpu`` where the accounting runs every expert for every token).
+    Time = mu * F * (1/R_gemv - 1/R_gemm) + b * q * F / R_gemm with ``F`` two FLOPs per weight of
+    the expert; the GPU saves what its compute terms counted for the expert: ``q F_gpu / R_gpu`` per
+    sequence (``F_gpu / R_gpu`` where the accounting runs every expert for every token, as the
+    reference does with its two-matmul ``F_gpu = 4 h1 h2``).
     """
     F = acc.expert_flops_per_token
     per_moved = F * (1.0 / setup.cpu_gemv_flops - 1.0 / setup.cpu_gemm_flops)
-    gpu_saved = (1.0 if acc.experts_every_token else q) * F / acc.expert_gpu_flops
+    gpu_saved = (1.0 if acc.experts_every_token else q) * acc.expert_gpu_flops_per_token / acc.expert_gpu_flops
     per_seq = q * F / setup.cpu_gemm_flops - gpu_saved
     return per_moved, per_seq
 

@@ -23,7 +23,7 @@ def _distinct_groups(groups) -> list[tuple[Any, str, int]]:
                 break
         else:
             out.append([gt, [gt.name], gt.count, key])
-    return [(gt, names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]} ({len(names)} groups)", count)
+    return [(gt, names[0] if len(names) == 1 else f"{names[0]} .. {names[-1]}", count)
             for gt, names, count, _key in out]
 
 
@@ -50,12 +50,19 @@ def experts_settings(res: Result) -> dict[str, Any]:
             "routing": routing}
 
 
-def _pairs_text(pairs: list[list[int]]) -> str:
+def _pairs_text(pairs: list[list[int]], num_experts: int) -> str:
+    """``L0-31: all  L32: 0,5``: layers with the same experts merged into ranges of consecutive layers."""
     by_layer: dict[int, list[int]] = {}
     for layer, e in pairs:
         by_layer.setdefault(layer, []).append(e)
-    rows = [f"L{layer}:{','.join(map(str, es))}" for layer, es in sorted(by_layer.items())]
-    return " ".join(rows)
+    runs: list[list] = []   # [first layer, last layer, experts text]
+    for layer, es in sorted(by_layer.items()):
+        text = "all" if len(es) == num_experts else ",".join(map(str, sorted(es)))
+        if runs and runs[-1][1] == layer - 1 and runs[-1][2] == text:
+            runs[-1][1] = layer
+        else:
+            runs.append([layer, layer, text])
+    return "  ".join(f"L{a}{'' if a == b else f'-{b}'}: {t}" for a, b, t in runs)
 
 
 def _compact(names: list[str], res: Result) -> list[str]:
@@ -87,7 +94,8 @@ def _experts_text(res: Result) -> list[str]:
         lines.append(f"            experts moved per layer and decode step (expected, at b={res.block_size}): {span}")
     for label, pairs in (("pinned on the GPU", res.pinned_experts), ("computed on the CPU", res.cpu_experts)):
         if st["pin_experts" if label.startswith("pinned") else "cpu_experts"]:
-            lines.append(f"            {label}: {len(pairs)}" + (f"  [{_pairs_text(pairs)}]" if pairs else ""))
+            num = len(res.accounting.expert_groups[0].routing) if res.accounting.expert_groups else 0
+            lines.append(f"            {label}: {len(pairs)}" + (f"  [{_pairs_text(pairs, num)}]" if pairs else ""))
     return lines + [""]
 
 

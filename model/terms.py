@@ -188,7 +188,8 @@ class Accounting:
     # --- what expert-aware policies need (model.experts) ---------------------------------
     prompt_len: int = 1
     expert_groups: tuple[ExpertGroup, ...] = ()
-    expert_flops_per_token: float = 0.0      # FLOPs to run one routed expert for one token
+    expert_flops_per_token: float = 0.0      # FLOPs to run one routed expert for one token (2 per weight)
+    expert_gpu_flops_per_token: float = 0.0  # what the GPU compute terms count for one expert and token
     expert_gpu_flops: float = 1.0            # FLOP/s at which the GPU runs them (decode)
     experts_every_token: bool = False        # the accounting runs every expert for every token (flexllmgen)
     hidden_gib_per_token: float = 0.0        # one token's hidden state (fp16), sent to a CPU expert and back

@@ -53,7 +53,7 @@ EXPERT_VARIANTS = [
 def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None) -> int:
     """Throughput and policy of each expert-aware variant (README table)."""
     print(f"{'scenario':<14} {'n':>4} {'variant':<31} {'tokens/s':>9} {'vs ref':>7} {'g':>4} {'N':>5} "
-          f"{'pinned':>6} {'CPU':>4} {'moved/layer':>11} {'status':<10} {'solve s':>8}")
+          f"{'pinned':>6} {'CPU':>4} {'moved/layer':>11} {'status':<10} {'solve s':>8} {'total s':>8}")
     for path in paths:
         base = load_scenario(path)
         for n in gen_lens:
@@ -71,7 +71,7 @@ def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None) -> i
                       else f"{min(moved.values()):.2f}-{max(moved.values()):.2f}" if moved else "")
                 print(f"{path.stem:<14} {n:4d} {label:<31} {tput:9.4f} {tput / ref:6.3f}x {res.gpu_batch_size:4d} "
                       f"{res.num_gpu_batches:5d} {len(res.pinned_experts):6d} {len(res.cpu_experts):4d} {mv:>11} "
-                      f"{res.status:<10} {res.solve.wall_s:8.2f}", flush=True)
+                      f"{res.status:<10} {res.solve.wall_s:8.2f} {res.total_s:8.2f}", flush=True)
     return 0
 
 

@@ -3,7 +3,8 @@
 Hand numbers (flexllmgen accounting, DESIGN.md section 3a), h1 = 256, h2 = 512, E experts:
 
     one expert          W_e = 2 * 3 * h1 * h2 bytes = 786,432 bytes = 0.000732421875 GiB
-    expert FLOPs/token  F   = 4 * h1 * h2 = 524,288 (the reference's two matmuls)
+    on the CPU          F   = 2 FLOPs per weight = 6 * h1 * h2 = 786,432 FLOPs per token
+    on the GPU          F_gpu = 4 * h1 * h2 = 524,288 (the reference counts two matmuls, for every token)
     hidden state        2 * h1 = 512 bytes per token
 """
 
@@ -16,7 +17,8 @@ from model.scenario import from_dict
 MIB = 1 / 1024
 H1, H2 = 256, 512
 W_EXPERT_GIB = 2 * 3 * H1 * H2 / 2**30
-F_EXPERT = 4 * H1 * H2
+F_EXPERT = 6 * H1 * H2
+F_EXPERT_GPU = 4 * H1 * H2
 HIDDEN_GIB = 2 * H1 / 2**30
 
 BASE = {

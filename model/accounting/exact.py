@@ -298,6 +298,8 @@ def build(sc: Scenario, arch: Architecture) -> Accounting:
         expert_groups=tuple(expert_groups),
         expert_flops_per_token=(2 * mlp_matrix_params(h1, moe.mlp.intermediate_size, moe.mlp.gated, False)
                                 if moe is not None else 0.0),
+        expert_gpu_flops_per_token=(2 * mlp_matrix_params(h1, moe.mlp.intermediate_size, moe.mlp.gated, False)
+                                    if moe is not None else 0.0),
         expert_gpu_flops=peak,
         experts_every_token=False,
         hidden_gib_per_token=gib(FP16 * h1),

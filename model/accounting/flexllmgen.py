@@ -144,7 +144,8 @@ def build(sc: Scenario) -> Accounting:
         expert_groups=(ExpertGroup(name=GROUP, layers=tuple(range(l)), routing=routing,
                                    expert_weights_gib=tuple(gib(expert_bytes) / shrink for _ in range(E)),
                                    layer_weights_gib=W),),
-        expert_flops_per_token=4 * h1 * h2,       # the reference's count: 2 matmuls of h1 x h2 per expert
+        expert_flops_per_token=2 * 3 * h1 * h2,   # on the CPU: 2 FLOPs per weight of its 3 matrices
+        expert_gpu_flops_per_token=4 * h1 * h2,   # the reference's GPU count: 2 matmuls of h1 x h2
         expert_gpu_flops=fl.gpu_matmul_decode * TERA,
         experts_every_token=True,                 # the reference runs every expert for every token
         hidden_gib_per_token=gib(2 * h1),
