@@ -247,12 +247,26 @@ def optimize(sc: Scenario) -> Result:
     if bad:
         raise SolverError("solved policy violates capacity: " + "; ".join(bad))
     res.binding_bounds = _binding(bounds, g, N)
-    res.notes = notes
+    res.notes = notes + _expected_traffic_notes(data)
     res.sensitivity = sensitivity(sc, data, g, N)
     res.flexllmgen_num_gpu_batches, res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(
         data, g, N, sc.solver.name, opts)
     res.total_s = time.perf_counter() - t_start
     return res
+
+
+def _expected_traffic_notes(data: ModelData) -> list[str]:
+    """Say so when the block-size one-hot stops short of where every expert surely moves."""
+    if data.experts is None or data.experts.traffic != "expected":
+        return []
+    from .experts import MAX_EXACT_BLOCK_SIZE, exact_block_sizes
+
+    _sizes, _flat, capped = exact_block_sizes(data.accounting, data.g_lo * data.N_lo,
+                                              min(data.b_hi, data.g_hi * data.N_hi))
+    if not capped:
+        return []
+    return [f"expected expert traffic is exact in the MILP up to block size {MAX_EXACT_BLOCK_SIZE}; above it the "
+            f"MILP counts every expert as moving (the reported figures are exact at the chosen block size)"]
 
 
 def _seed(data: ModelData, sc: Scenario, opts):

@@ -58,6 +58,9 @@ def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None) -> i
         base = load_scenario(path)
         for n in gen_lens:
             ref = None
+            if only and EXPERT_VARIANTS[0][0] not in only:   # the ratios are against the reference assumptions
+                ref = optimize(override(base, {**(sets or {}), "workload.gen_len": n,
+                                               "solver.time_limit_s": time_limit})).throughput_tokens_per_s
             for label, experts in EXPERT_VARIANTS:
                 if only and label not in only:
                     continue
