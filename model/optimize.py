@@ -275,10 +275,11 @@ def _seed(data: ModelData, sc: Scenario, opts):
     The decisions make the relaxation weak at small block sizes, and the solver can wander
     among poor incumbents. Easier MILPs give policies that are feasible for the full one:
     the same scenario without the decisions, and (with CPU experts and expected traffic or
-    pinning) CPU experts alone with every expert moving. Each gets at most a fifth of the time
-    limit; the best, re-solved exactly under the full model, becomes a cutoff for it: the full
-    MILP then only looks for policies better by more than the gap, and its infeasibility
-    certifies the seed. Returns ``(g, N, data with the seed's decision, LP result)`` or None.
+    pinning) CPU experts alone with every expert moving. The best, re-solved exactly under the
+    full model, becomes a cutoff: the full MILP then only looks for policies better by more than
+    the gap, and its infeasibility certifies the seed. The first (cheap) MILP gets at most a
+    fifth of the time limit, the second at most half of what is left. Returns ``(g, N, data with the seed's decision, LP
+    result)`` or None.
     """
     from dataclasses import replace as dc_replace
 
@@ -287,8 +288,10 @@ def _seed(data: ModelData, sc: Scenario, opts):
     if setup.cpu and (setup.pin or setup.traffic == "expected"):
         variants.append(dc_replace(setup, pin=False, traffic="all"))
     best = None
-    budget = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s / 5)}
-    for variant in variants:
+    t0 = time.perf_counter()
+    for i, variant in enumerate(variants):
+        left = sc.solver.time_limit_s - (time.perf_counter() - t0)
+        budget = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s / 5 if i == 0 else left / 2)}
         sub = ModelData(**{**data.__dict__, "experts": variant if variant.active else None})
         m = build_model(sub)
         r = solvers.solve(m, sc.solver.name, is_mip=True, **budget)
