@@ -297,3 +297,22 @@ def test_invariants(features):
         assert moved == pytest.approx(want, rel=1e-12)
     # the report's time is the specialized accounting's, re-evaluated from the formulas
     assert res.evaluation.total_s == pytest.approx(res.solve.objective * b, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# every installed solver
+
+
+from solver_matrix import solver_params  # noqa: E402
+
+
+@pytest.mark.parametrize("solver", solver_params())
+def test_every_solver_finds_the_enumerated_optimum_with_expert_decisions(solver):
+    """The pinned-experts instance of the enumeration test (enumerated there: its optimum pins)."""
+    sc = tiny(model__num_experts=2, experts__routing_probabilities=[[0.8, 0.2], [0.35, 0.65], [0.5, 0.5]],
+              experts__pin_experts=True, experts__cpu_experts=True, experts__expert_traffic="expected",
+              hardware__memory_gib={"gpu": 8 * MIB, "cpu": 64 * MIB, "disk": 0},
+              search={"max_gpu_batch_size": 1, "max_num_gpu_batches": 4}, solver={"name": solver})
+    best, _policy = _enumerate(sc)
+    res = optimize(sc)
+    assert res.throughput_tokens_per_s == pytest.approx(best, rel=1e-4)
