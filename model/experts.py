@@ -52,7 +52,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from .scenario import Scenario
-from .terms import DEVICES, Accounting, ExpertGroup, LayerGroup, MemoryTerms, Quantity
+from .terms import Accounting, ExpertGroup, LayerGroup, MemoryTerms, Quantity
 
 TERA = 1e12
 # mu_e(b) = 1 - r^b is taken as 1 once r^b is below this (the expected-traffic one-hot stops there).
@@ -311,9 +311,3 @@ def split_layers(acc: Accounting, rows) -> Accounting:
             expert_groups.append(replace(eg, name=name, layers=(layer,), routing=tuple(rows[i])))
             i += 1
     return replace(acc, groups=tuple(groups), memory=memory, expert_groups=tuple(expert_groups))
-
-
-def assert_devices(acc: Accounting) -> None:  # pragma: no cover - a guard for new accountings
-    for lg in acc.groups:
-        for q in lg.time.values():
-            assert set(q.block) <= set(DEVICES)
