@@ -192,7 +192,7 @@ def optimize(sc: Scenario) -> Result:
     t_start = time.perf_counter()
     solvers.check_options(sc.solver.name, sc.solver.options)  # fail fast: unknown solver, missing, bad option
     data, bounds = model_data(sc)
-    acc, capacity = data.accounting, data.capacity_gib
+    acc = data.accounting
     t0 = time.perf_counter()
     opts = dict(time_limit_s=sc.solver.time_limit_s, mip_gap=sc.solver.mip_gap, threads=sc.solver.threads,
                 options=sc.solver.options)
@@ -206,12 +206,12 @@ def optimize(sc: Scenario) -> Result:
         seed = _seed(data, sc, opts) if data.experts is not None and data.experts.has_decisions else None
         if seed is not None:
             m.experts.better_than_seed = pyo.Constraint(
-                expr=m.objective.time_per_seq_s <= seed[3].objective * (1 - sc.solver.mip_gap),
+                expr=m.objective.time_per_seq_s <= seed[4].objective * (1 - sc.solver.mip_gap),
                 doc="cutoff: strictly better than the seed policy by more than the gap")
             opts = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s - (time.perf_counter() - t0))}
         milp_res = solvers.solve(m, sc.solver.name, is_mip=True, **opts)
         if seed is not None and not milp_res.has_solution and milp_res.termination in ("infeasible", "time_limit"):
-            return _seed_result(sc, data, bounds, seed, milp_res, build_s, t_start, opts)
+            return _seed_result(sc, bounds, seed, milp_res, build_s, t_start, opts)
         if not milp_res.has_solution:
             if milp_res.termination == "infeasible":
                 # The smallest (g, N) fits whenever anything does (feasibility is monotone): an exact
@@ -232,18 +232,26 @@ def optimize(sc: Scenario) -> Result:
         else:
             _check_agreement(milp_res, lp_res, sc.solver.mip_gap, g, N)
         g, N = g2, N2
-    acc = data.fixed_at(g, N).accounting   # with the expert decision applied at b = g*N
+    return _report(sc, data, bounds, g, N, lp, lp_res, milp_res, build_s, notes, opts, t_start)
+
+
+def _report(sc: Scenario, data: ModelData, bounds, g: int, N: int, lp, lp_res, solve, build_s: float,
+            notes: list[str], opts, t_start: float) -> Result:
+    """The Result of the policy ``(g, N)`` whose fixed LP is ``lp``: re-evaluated from the formulas
+    (with the expert decision applied at ``b = g*N``), checked against capacity, with sensitivity
+    and FlexLLMGen's integer percents."""
+    acc = data.fixed_at(g, N).accounting
     fractions = _fractions(lp, g * N)
     ev = evaluate(acc, g, N, fractions)
     lp_time = lp_res.objective * g * N
     if not math.isclose(ev.total_s, lp_time, rel_tol=1e-6):
         raise SolverError(f"re-evaluated time {ev.total_s:.6f} s disagrees with the LP's {lp_time:.6f} s "
                           f"at g={g}, N={N}")
-    res = Result(scenario=sc, accounting=acc, status=milp_res.termination,
-                 gpu_batch_size=g, num_gpu_batches=N, fractions=fractions, evaluation=ev, solve=milp_res,
-                 resolve=lp_res if lp_res is not milp_res else None, bounds=bounds, build_s=build_s,
+    res = Result(scenario=sc, accounting=acc, status=solve.termination,
+                 gpu_batch_size=g, num_gpu_batches=N, fractions=fractions, evaluation=ev, solve=solve,
+                 resolve=lp_res if lp_res is not solve else None, bounds=bounds, build_s=build_s,
                  expert_setup=data.experts, expert_decision=data.expert_decision)
-    bad = capacity_violations(acc, g, N, fractions, capacity, res.usable_gib, slack=CAPACITY_SLACK)
+    bad = capacity_violations(acc, g, N, fractions, data.capacity_gib, res.usable_gib, slack=CAPACITY_SLACK)
     if bad:
         raise SolverError("solved policy violates capacity: " + "; ".join(bad))
     res.binding_bounds = _binding(bounds, g, N)
@@ -278,8 +286,8 @@ def _seed(data: ModelData, sc: Scenario, opts):
     pinning) CPU experts alone with every expert moving. The best, re-solved exactly under the
     full model, becomes a cutoff: the full MILP then only looks for policies better by more than
     the gap, and its infeasibility certifies the seed. The first (cheap) MILP gets at most a
-    fifth of the time limit, the second at most half of what is left. Returns ``(g, N, data with the seed's decision, LP
-    result)`` or None.
+    fifth of the time limit, the second at most half of what is left. Returns ``(g, N, data with
+    the seed's decision, its fixed LP, the LP's result)`` or None.
     """
     from dataclasses import replace as dc_replace
 
@@ -301,42 +309,26 @@ def _seed(data: ModelData, sc: Scenario, opts):
         full = _with_decision(ModelData(**{**data.__dict__, "experts": setup}), m) if sub.experts is not None \
             else ModelData(**{**data.__dict__, "expert_decision": Decision()})
         lp, res = _try_fixed(full, g, N, sc, budget)
-        if lp is not None and (best is None or res.objective < best[3].objective):
-            best = (g, N, full, res)
+        if lp is not None and (best is None or res.objective < best[4].objective):
+            best = (g, N, full, lp, res)
     return best
 
 
-def _seed_result(sc: Scenario, data: ModelData, bounds, seed, milp_res, build_s: float, t_start: float, opts):
+def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: float, opts):
     """The seed policy as the answer: the full MILP found nothing better by more than the gap."""
-    g, N, full, _res = seed
-    lp, lp_res = _try_fixed(full, g, N, sc, opts)
-    acc = full.fixed_at(g, N).accounting
-    fractions = _fractions(lp, g * N)
-    ev = evaluate(acc, g, N, fractions)
+    g, N, full, lp, lp_res = seed
     proved = milp_res.termination == "infeasible"
-    gap = sc.solver.mip_gap
     status = "optimal" if proved else "time_limit"
-    bound = lp_res.objective * (1 - gap) if proved else milp_res.bound
+    bound = lp_res.objective * (1 - sc.solver.mip_gap) if proved else milp_res.bound
     solve = solvers.SolveResult(solver=milp_res.solver, version=milp_res.version, termination=status,
                                 has_solution=True, objective=lp_res.objective, bound=bound,
                                 gap=None if bound is None else max(0.0, 1 - bound / lp_res.objective),
                                 wall_s=milp_res.wall_s, message=milp_res.message)
-    res = Result(scenario=sc, accounting=acc, status=status, gpu_batch_size=g, num_gpu_batches=N,
-                 fractions=fractions, evaluation=ev, solve=solve, resolve=lp_res, bounds=bounds, build_s=build_s,
-                 expert_setup=full.experts, expert_decision=full.expert_decision)
-    bad = capacity_violations(acc, g, N, fractions, data.capacity_gib, res.usable_gib, slack=CAPACITY_SLACK)
-    if bad:
-        raise SolverError("seed policy violates capacity: " + "; ".join(bad))
-    res.binding_bounds = _binding(bounds, g, N)
-    res.notes = [("certified: with the expert decisions free, nothing beats this policy (found by an easier "
-                  "MILP) by more than the gap" if proved else
-                  f"the solver stopped ({milp_res.termination}) before improving on or certifying this policy "
-                  f"(found by an easier MILP)")]
-    res.sensitivity = sensitivity(sc, full, g, N)
-    res.flexllmgen_num_gpu_batches, res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(
-        full, g, N, sc.solver.name, opts)
-    res.total_s = time.perf_counter() - t_start
-    return res
+    note = ("certified: with the expert decisions free, nothing beats this policy (found by an easier MILP) by "
+            "more than the gap" if proved else
+            f"the solver stopped ({milp_res.termination}) before improving on or certifying this policy "
+            f"(found by an easier MILP)")
+    return _report(sc, full, bounds, g, N, lp, lp_res, solve, build_s, [note], opts, t_start)
 
 
 def _with_decision(data: ModelData, m) -> ModelData:

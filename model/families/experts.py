@@ -351,11 +351,11 @@ def _symmetry_breaking(m, blk, groups, pin, cpu, setup) -> None:
     first = pin if setup.pin else cpu
     for ga, gb in zip(groups, groups[1:]):
         if (ga.routing == gb.routing and ga.expert_weights_gib == gb.expert_weights_gib
-                and _same_layer(m, ga.name, gb.name)):
+                and _same_layer(ga.name, gb.name)):
             blk.symmetry.add(sum(first[ga.name, e] for e in range(len(ga.routing)))
                              >= sum(first[gb.name, e] for e in range(len(gb.routing))))
 
 
-def _same_layer(m, a: str, b: str) -> bool:
+def _same_layer(a: str, b: str) -> bool:
     """Whether two layer groups have the same cost coefficients (split copies of one group)."""
     return a.rsplit(".", 1)[0] == b.rsplit(".", 1)[0]
