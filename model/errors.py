@@ -8,6 +8,41 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """A bounded, escaped, one-line quote of ``value`` for an error message.
+
+    Containers are summarized without walking them whole; integers too long to print are
+    described by their digit count; strings are cut.
+    """
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        try:
+            text = repr(value)
+        except ValueError:   # more digits than Python prints
+            return f"<an integer of more than {4300} digits>"
+        return text if len(text) <= limit else f"<an integer of {len(text)} digits>"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        text = value[: limit + 1].encode("unicode_escape").decode("ascii")
+        return repr(text[:limit]) + ("..." if len(value) > limit or len(text) > limit else "")
+    if isinstance(value, (list, tuple)):
+        head = ", ".join(excerpt(v, 20) for v in list(value[:4]))
+        more = f", ... ({len(value)} items)" if len(value) > 4 else ""
+        text = f"[{head}{more}]"
+        return text if len(text) <= 2 * limit else f"<a list of {len(value)} items>"
+    if isinstance(value, dict):
+        keys = list(value.keys())[:4]
+        head = ", ".join(f"{excerpt(k, 20)}: ..." for k in keys)
+        more = f", ... ({len(value)} keys)" if len(value) > 4 else ""
+        return f"{{{head}{more}}}"
+    return f"<{type(value).__name__}>"
+
+
 
 class InputError(ValueError):
     """A scenario field, flag or file is invalid.
@@ -20,7 +55,12 @@ class InputError(ValueError):
         self.field = field
         self.value = value
         self.problem = problem
-        super().__init__(f"{field} = {value!r}: {problem}")
+        super().__init__(f"{field} = {excerpt(value)}: {problem}")
+
+    @property
+    def shown(self) -> str:
+        """The value as quoted in messages: bounded, escaped, one line."""
+        return excerpt(self.value)
 
 
 class Infeasible(RuntimeError):

@@ -50,6 +50,7 @@ from typing import Any, Callable
 
 from .architecture import Architecture, Attention, LayerGroup, Mlp
 from .errors import InputError
+from .inputs import CONFIG_MAX_BYTES, load_json
 
 FIELD = "model.hf_config"
 _MISSING = object()
@@ -60,14 +61,7 @@ _MISSING = object()
 
 def _load(path: Path) -> dict:
     p = path / "config.json" if path.is_dir() else path
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(FIELD, str(path), f"cannot read the file ({type(e).__name__}: {e.strerror or e})")
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(FIELD, str(path), f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})")
+    cfg = load_json(p, FIELD, CONFIG_MAX_BYTES)
     if not isinstance(cfg, dict):
         raise InputError(FIELD, str(path), "config.json must hold a JSON object")
     return cfg

@@ -27,7 +27,7 @@ from .families import batching
 from .errors import Infeasible, SolverError
 from .experts import Decision, ExpertSetup, decision_pairs, expected_experts_moved, specialize
 from .scenario import DEVICE_NAMES, Scenario
-from .sensitivity import Sensitivity, sensitivity
+from .sensitivity import Sensitivity, sensitivity as compute_sensitivity
 from .terms import DEVICES, MEMORY_KEYS, SEQ_KINDS, TENSOR_KINDS, Accounting, Evaluation, evaluate, \
     fractions_from_percent
 
@@ -175,8 +175,12 @@ def build_for(sc: Scenario) -> pyo.ConcreteModel:
     return build_model(model_data(sc)[0])
 
 
-def optimize(sc: Scenario) -> Result:
+def optimize(sc: Scenario, *, sensitivity: bool = True, integer_percents: bool = True) -> Result:
     """The throughput-optimal policy for ``sc`` (fixing what ``sc.policy`` fixes).
+
+    ``sensitivity=False`` skips the marginal values and binding constraints (one more LP
+    and a rebuilt accounting per rate), ``integer_percents=False`` FlexLLMGen's integer
+    percents (a small MIP): studies that need neither run faster.
 
     Raises :class:`Infeasible` when no policy fits, :class:`SolverError` when the
     solver fails or its answer does not survive the fixed-(g, N) re-check, and
@@ -211,7 +215,7 @@ def optimize(sc: Scenario) -> Result:
             opts = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s - (time.perf_counter() - t0))}
         milp_res = solvers.solve(m, sc.solver.name, is_mip=True, **opts)
         if seed is not None and not milp_res.has_solution and milp_res.termination in ("infeasible", "time_limit"):
-            return _seed_result(sc, bounds, seed, milp_res, build_s, t_start, opts)
+            return _seed_result(sc, bounds, seed, milp_res, build_s, t_start, opts, sensitivity, integer_percents)
         if not milp_res.has_solution:
             if milp_res.termination == "infeasible":
                 # The smallest (g, N) fits whenever anything does (feasibility is monotone): an exact
@@ -232,11 +236,13 @@ def optimize(sc: Scenario) -> Result:
         else:
             _check_agreement(milp_res, lp_res, sc.solver.mip_gap, g, N)
         g, N = g2, N2
-    return _report(sc, data, bounds, g, N, lp, lp_res, milp_res, build_s, notes, opts, t_start)
+    return _report(sc, data, bounds, g, N, lp, lp_res, milp_res, build_s, notes, opts, t_start,
+                   sensitivity, integer_percents)
 
 
 def _report(sc: Scenario, data: ModelData, bounds, g: int, N: int, lp, lp_res, solve, build_s: float,
-            notes: list[str], opts, t_start: float) -> Result:
+            notes: list[str], opts, t_start: float, want_sensitivity: bool = True,
+            want_percents: bool = True) -> Result:
     """The Result of the policy ``(g, N)`` whose fixed LP is ``lp``: re-evaluated from the formulas
     (with the expert decision applied at ``b = g*N``), checked against capacity, with sensitivity
     and FlexLLMGen's integer percents."""
@@ -256,9 +262,11 @@ def _report(sc: Scenario, data: ModelData, bounds, g: int, N: int, lp, lp_res, s
         raise SolverError("solved policy violates capacity: " + "; ".join(bad))
     res.binding_bounds = _binding(bounds, g, N)
     res.notes = notes + _expected_traffic_notes(data)
-    res.sensitivity = sensitivity(sc, data, g, N)
-    res.flexllmgen_num_gpu_batches, res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(
-        data, g, N, sc.solver.name, opts)
+    if want_sensitivity:
+        res.sensitivity = compute_sensitivity(sc, data, g, N)
+    if want_percents:
+        res.flexllmgen_num_gpu_batches, res.flexllmgen_percent, res.flexllmgen_throughput = integer_percents(
+            data, g, N, sc.solver.name, opts)
     res.total_s = time.perf_counter() - t_start
     return res
 
@@ -314,7 +322,7 @@ def _seed(data: ModelData, sc: Scenario, opts):
     return best
 
 
-def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: float, opts):
+def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: float, opts, *extras):
     """The seed policy as the answer: the full MILP found nothing better by more than the gap."""
     g, N, full, lp, lp_res = seed
     proved = milp_res.termination == "infeasible"
@@ -328,7 +336,7 @@ def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: 
             "more than the gap" if proved else
             f"the solver stopped ({milp_res.termination}) before improving on or certifying this policy "
             f"(found by an easier MILP)")
-    return _report(sc, full, bounds, g, N, lp, lp_res, solve, build_s, [note], opts, t_start)
+    return _report(sc, full, bounds, g, N, lp, lp_res, solve, build_s, [note], opts, t_start, *extras)
 
 
 def _with_decision(data: ModelData, m) -> ModelData:

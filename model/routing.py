@@ -40,6 +40,7 @@ import re
 from pathlib import Path
 
 from .errors import InputError
+from .inputs import TRACE_MAX_BYTES, read_text
 
 __all__ = ["load_trace"]
 
@@ -107,15 +108,7 @@ class _Trace:
 
 
 def _read_text(path: Path, field: str) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(field, str(path), f"cannot read the file ({type(e).__name__}: {e.strerror or e})")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise InputError(field, str(path), f"line {line}: not valid UTF-8 ({e.reason} at byte {e.start})")
+    return read_text(path, field, TRACE_MAX_BYTES)
 
 
 def _jsonl(t: _Trace, text: str) -> None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from .errors import InputError
+from .inputs import SCENARIO_MAX_BYTES, load_yaml
 from .schema import build, rule
 
 DEVICE_NAMES = ("gpu", "cpu", "disk")
@@ -218,11 +218,15 @@ class Scenario:
     solver: SolverOptions = field(default_factory=SolverOptions)
 
 
-def from_dict(raw: Any) -> Scenario:
-    """Validate a parsed scenario mapping (the YAML document) into a :class:`Scenario`."""
+def from_dict(raw: Any, base_dir: Path | None = None) -> Scenario:
+    """Validate a parsed scenario mapping (the YAML document) into a :class:`Scenario`.
+
+    ``base_dir`` is where relative paths in it (a preset file) are resolved: the scenario
+    file's folder (default: the working directory).
+    """
     if not isinstance(raw, dict):
         raise InputError("scenario", raw, "the file must hold a mapping with model/workload/hardware sections")
-    raw = _expand_shorthands(raw)
+    raw = _expand_shorthands(raw, base_dir)
     hw = raw.get("hardware")
     if not isinstance(hw, dict):
         raise InputError("hardware", hw, "required section is missing or not a mapping")
@@ -244,7 +248,7 @@ def hardware_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _expand_shorthands(raw: dict) -> dict:
+def _expand_shorthands(raw: dict, base_dir: Path | None = None) -> dict:
     """Before validation: merge a hardware preset, expand ``compress_weights: true``, check hf_config use."""
     raw = _deep_copy(raw)
     model = raw.get("model")
@@ -261,12 +265,49 @@ def _expand_shorthands(raw: dict) -> dict:
                                  "not allowed together with model.hf_config (the config file gives it)")
     hw = raw.get("hardware")
     if isinstance(hw, dict) and hw.get("preset") is not None:
-        name = hw["preset"]
-        if not isinstance(name, str) or name not in hardware_presets():
-            raise InputError("hardware.preset", name, f"unknown preset (known: {', '.join(hardware_presets())})")
-        preset = load_raw(PRESET_DIR / f"{name}.yaml")
-        raw["hardware"] = _merge(preset, hw)
+        raw["hardware"] = _with_preset(hw, base_dir)
     return raw
+
+
+def is_preset_path(name: str) -> bool:
+    """A preset given as a file path (``cal.yaml``, ``../host.yaml``) rather than a shipped name."""
+    return name.endswith((".yaml", ".yml")) or "/" in name or os.sep in name
+
+
+def resolve_preset(name: Any, base_dir: Path | None, field: str = "hardware.preset") -> Path:
+    """The YAML file of a preset: a shipped name (``t4``) or a path, relative to ``base_dir``."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(field, name, "expected a preset name or a path to a preset YAML file")
+    if is_preset_path(name):
+        p = Path(name).expanduser()
+        if not p.is_absolute():
+            p = (base_dir or Path.cwd()) / p
+        return p
+    if name not in hardware_presets():
+        raise InputError(field, name, f"unknown preset (known: {', '.join(hardware_presets())}; "
+                                      "or give a path to a preset YAML file, e.g. cal.yaml)")
+    return PRESET_DIR / f"{name}.yaml"
+
+
+MAX_PRESET_CHAIN = 4   # a preset file may itself name a base preset, this many levels deep
+
+
+def _with_preset(hw: dict, base_dir: Path | None, depth: int = 0, seen: tuple = ()) -> dict:
+    """``hw`` merged over the preset it names (recursively: a preset file may name its own base)."""
+    name = hw["preset"]
+    field = "hardware.preset" if depth == 0 else f"{seen[-1]}: preset"
+    path = resolve_preset(name, base_dir, field)
+    if str(path.resolve()) in seen or depth >= MAX_PRESET_CHAIN:
+        raise InputError(field, name, f"presets name each other in a cycle or more than {MAX_PRESET_CHAIN} deep")
+    preset = load_raw(path, field=field)
+    if not isinstance(preset, dict):
+        raise InputError(field, str(path), "a preset file must hold a mapping of hardware keys")
+    if preset.get("preset") is not None:
+        preset = _with_preset(preset, path.resolve().parent, depth + 1, seen + (str(path.resolve()),))
+    merged = _merge(preset, hw)
+    # the source of record: the file's path (shipped presets keep their name)
+    merged["preset"] = str(path) if is_preset_path(name) else name
+    return merged
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -349,49 +390,12 @@ def _check_experts(sc: Scenario) -> None:
                                  "(TFLOP/s; see the presets in model/presets/hardware)")
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _value in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool, type(None))):
-                raise TypeError(f"a {type(key).__name__} used as a mapping key at line {key_node.start_mark.line + 1}")
-            if key in seen:
-                raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def load_raw(path: str | Path) -> dict:
-    """Read a YAML scenario file into a mapping (not yet validated)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError("scenario", str(path), "file not found")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError("scenario", str(path), f"cannot read file ({exc.__class__.__name__})") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except _DuplicateKey as exc:
-        raise InputError("scenario", str(path), str(exc)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise InputError("scenario", str(path), f"malformed YAML{where}: {problem}") from None
-    except RecursionError:
-        raise InputError("scenario", str(path), "malformed YAML: nested too deeply (or a recursive alias)") from None
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. "!!int 1.5", a mapping used as a key
-        raise InputError("scenario", str(path), f"malformed YAML: {exc.__class__.__name__}: {exc}") from None
+def load_raw(path: str | Path, field: str = "scenario") -> dict:
+    """Read a YAML scenario (or preset) file into a mapping, not yet validated, through the input
+    layer (:mod:`model.inputs`: regular file, size cap, UTF-8, bounded aliases, no duplicate keys)."""
+    raw = load_yaml(path, field, SCENARIO_MAX_BYTES)
     if raw is None:
-        raise InputError("scenario", str(path), "file is empty")
+        raise InputError(field, str(path), "file is empty")
     return raw
 
 
@@ -420,29 +424,43 @@ def _deep_copy(x):
     return x
 
 
+# Fields that hold file paths. In a scenario file a relative path is relative to the file's
+# folder; given as an override (a flag, ``--set``) it is relative to the working directory.
+PATH_FIELDS = ("model.hf_config", "experts.routing_trace", "hardware.preset")
+
+
+def _resolve_paths(raw: dict, base_dir: Path) -> None:
+    """Make the relative paths in ``raw`` (a file's mapping) absolute against ``base_dir``, in place."""
+    for dotted in PATH_FIELDS:
+        *parents, leaf = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        value = node.get(leaf)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if dotted == "hardware.preset" and not is_preset_path(value):
+            continue   # a shipped preset's name
+        p = Path(value).expanduser()
+        if not p.is_absolute():
+            node[leaf] = str(base_dir / p)
+
+
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Load and validate a YAML scenario, with optional dotted-path overrides.
 
-    A relative ``model.hf_config`` or ``experts.routing_trace`` is resolved against the
-    scenario file's folder.
+    Relative paths in the file (``model.hf_config``, ``experts.routing_trace``, a
+    ``hardware.preset`` file) are resolved against the file's folder; relative paths in
+    ``overrides`` against the working directory.
     """
     raw = load_raw(path)
+    if not isinstance(raw, dict):
+        return from_dict(raw)   # names the value
+    _resolve_paths(raw, Path(path).resolve().parent)
     if overrides:
-        if not isinstance(raw, dict):
-            raise InputError("scenario", str(path), "the file must hold a mapping")
         raw = apply_overrides(raw, overrides)
-    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-        cfg = raw["model"].get("hf_config")
-        if isinstance(cfg, str) and not Path(cfg).is_absolute():
-            beside = Path(path).resolve().parent / cfg
-            if beside.exists():
-                raw["model"]["hf_config"] = str(beside)
-    if isinstance(raw, dict) and isinstance(raw.get("experts"), dict):
-        trace = raw["experts"].get("routing_trace")
-        if isinstance(trace, str) and trace.strip() and not Path(trace).is_absolute():
-            beside = Path(path).resolve().parent / trace
-            if beside.exists():
-                raw["experts"]["routing_trace"] = str(beside)
     return from_dict(raw)
 
 

@@ -27,6 +27,7 @@ import yaml
 from model import load_scenario, optimize, override
 from model.enumerate import enumerate_policies
 from model.optimize import model_data
+from runners.cli import OneLineParser, add_debug_flag, main_guard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None) -> i
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runners.bench", description=__doc__.split("\n")[0])
+    ap = OneLineParser(prog="python -m runners.bench", description=__doc__.split("\n")[0])
     ap.add_argument("scenarios", nargs="*", help="scenario files (default: scenarios/*.yaml)")
     ap.add_argument("--repeats", type=int, default=5, help="runs per scenario and solver (median reported)")
     ap.add_argument("--no-enumeration", action="store_true", help="skip the exhaustive enumeration")
@@ -98,6 +99,7 @@ def main(argv=None) -> int:
                     help="--experts: a scenario override, e.g. hardware.memory_gib.cpu=100 (repeatable)")
     ap.add_argument("--variants", default=None,
                     help="--experts: comma-separated variant labels to run (default: all)")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     if args.experts:
         paths = [Path(p) for p in args.scenarios] or [ROOT / "scenarios" / "t4_reference.yaml",
@@ -146,4 +148,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main)

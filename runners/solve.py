@@ -36,7 +36,6 @@ import argparse
 import json
 import shlex
 import sys
-import unicodedata
 from pathlib import Path
 
 import pyomo.environ as pyo
@@ -45,6 +44,7 @@ import yaml
 from model import Infeasible, InputError, SolverError, evaluate_policy, load_scenario, optimize
 from model.optimize import build_for
 from model.report import flexllmgen_flags, to_json, to_text
+from runners.cli import OneLineParser, add_debug_flag, input_error_line, main_guard, say
 
 # flag -> scenario field it overrides
 FLAG_FIELDS = {
@@ -81,32 +81,6 @@ MIXTRAL_8X7B_NUMBERS = {"num_layers": 32, "hidden_size": 4096, "intermediate_siz
                         "num_experts": 8, "num_experts_per_token": 2, "vocab_size": 32000}
 HF_ID_KEYS = ("_source", "_name_or_path")   # where a config.json records its Hugging Face repo id
 FLEXLLMGEN_COMPRESSION = (4, 64)            # --compress-weight: FlexLLMGen's 4-bit, group-64 quantization
-
-
-def one_line(text: str) -> str:
-    """``text`` with every character that could break or hide a line escaped (newlines, other
-    control characters, Unicode line and paragraph separators): a message is one line, whatever
-    the input file's keys or values hold."""
-    return "".join(repr(ch)[1:-1] if ch != " " and (ch.isspace() or unicodedata.category(ch)[0] in "CZ") else ch
-                   for ch in text)
-
-
-def short_repr(value, limit: int = 200) -> str:
-    """``repr(value)``, cut to about ``limit`` characters (a whole file's worth of value is not a message)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit - 40]}... ({len(text)} characters)"
-
-
-def say(text: str) -> None:
-    """One line on stderr."""
-    print(one_line(text), file=sys.stderr)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with a one-line error and exit status 2 (no usage dump): the runners' bad-input contract."""
-
-    def error(self, message: str):
-        self.exit(2, one_line(f"error: {message} (see --help)") + "\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -170,6 +144,7 @@ def parser() -> argparse.ArgumentParser:
                         "its dummy weights for throughput runs)")
     g.add_argument("--write-model", metavar="FILE", type=str,
                    help="write the MILP to FILE.lp or FILE.mps (readable names) and exit without solving")
+    add_debug_flag(p)
     return p
 
 
@@ -309,7 +284,7 @@ def run(argv: list[str] | None = None) -> int:
     except InputError as exc:
         field = _flag_for(exc.field) if exc.field in overrides or any(
             exc.field.startswith(f) for f in overrides) else exc.field
-        say(f"error: {field} = {short_repr(exc.value)}: {exc.problem}")
+        say(input_error_line(exc, field))
         return 2
     except Infeasible as exc:
         emit({"status": "infeasible", "infeasible": exc.reasons}, fmt)
@@ -354,13 +329,8 @@ def print_flexllmgen(res, args, model_id: str) -> int:
     return 0
 
 
-def main() -> None:
-    try:
-        code = run()
-    except KeyboardInterrupt:
-        say("interrupted")
-        code = 130
-    sys.exit(code)
+def main(argv: list[str] | None = None) -> None:
+    main_guard(run, argv)
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ from typing import Any
 from model import Infeasible, InputError, Scenario, SolverError, load_scenario, optimize
 from model import solvers
 from model.scenario import SolverOptions, load_raw
-from runners.solve import OneLineParser
+from runners.cli import OneLineParser, add_debug_flag, main_guard
 from model.terms import DEVICES, TENSOR_KINDS
 
 FRACTION_COLUMNS = tuple(f"{kind}_{dev}" for kind in TENSOR_KINDS for dev in DEVICES)
@@ -707,6 +707,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-to", metavar="FILE.png", help="also write the plot to this file")
     p.add_argument("--no-plot", action="store_true", help="write no plot (points.csv and the table only)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    add_debug_flag(p)
     return p
 
 
@@ -775,13 +776,8 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main() -> None:
-    try:
-        code = run()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
+def main(argv: list[str] | None = None) -> None:
+    main_guard(run, argv)
 
 
 if __name__ == "__main__":

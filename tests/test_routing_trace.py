@@ -129,12 +129,12 @@ def test_custom_field_name(tmp_path):
 
 def test_missing_file(tmp_path):
     msg = bad(tmp_path / "absent.jsonl")
-    assert "cannot read" in msg
+    assert "file not found" in msg
 
 
 def test_directory(tmp_path):
     (tmp_path / "d.jsonl").mkdir()
-    assert "cannot read" in bad(tmp_path / "d.jsonl")
+    assert "is a directory" in bad(tmp_path / "d.jsonl")
 
 
 @pytest.mark.parametrize("name", ["t.json", "t.txt", "trace", "t.jsonl.gz"])
