@@ -1,7 +1,8 @@
 """Build the Pyomo model: Sets, expert Params, then every constraint family in order.
 
 To add a constraint family, write ``model/families/<name>.py`` with
-``add(m, data)`` that adds one named Block, and append it to :data:`FAMILIES`.
+``add(m, data)`` that adds one named Block, and add it to
+:data:`model.families.FAMILIES` (the one registration line).
 """
 
 from __future__ import annotations
@@ -11,19 +12,8 @@ from dataclasses import dataclass
 import pyomo.environ as pyo
 
 from .experts import Decision, ExpertSetup
-from .families import batching, capacity, cost, experts, fixed_policy, objective, placement, timing
+from .families import FAMILIES
 from .terms import COMPONENTS, DEVICES, PHASES, TENSOR_KINDS, Accounting
-
-FAMILIES = [
-    placement.add,      # p[k, d] and p[weights, d] / b
-    batching.add,       # g, N, 1/b, 1/N, p/N, eff(g) p: exact integer linearization
-    fixed_policy.add,   # fractions the user pinned
-    cost.add,           # per-sequence time and memory expressions
-    experts.add,        # experts pinned on the GPU / computed on the CPU, expected expert traffic
-    capacity.add,       # home + working memory <= alpha * capacity
-    timing.add,         # overlap of transfers and compute
-    objective.add,      # minimize time per sequence
-]
 
 
 @dataclass(frozen=True)
@@ -43,6 +33,7 @@ class ModelData:
     name: str = "moe_offload_policy"
     experts: ExpertSetup | None = None                   # expert-aware features (None: the core model)
     expert_decision: Decision | None = None              # fixed: the accounting is specialized instead
+    scenario: object = None                              # the validated Scenario: families read their KEYS here
 
     def fixed_at(self, g: int, N: int) -> "ModelData":
         """The data of the fixed-(g, N) model. With a fixed expert decision, the accounting is
@@ -88,6 +79,7 @@ def build_model(data: ModelData) -> pyo.ConcreteModel:
         doc="Weights of one MoE layer (dense part + every expert), GiB")
     m.placement_allowed = pyo.Param(m.TENSOR_KINDS, m.DEVICES, initialize=acc.allowed, within=pyo.Boolean,
                                     doc="Whether a tensor kind may live on a device")
+    object.__setattr__(m, "_data", data)
     for family in FAMILIES:
-        family(m, data)
+        family.add(m, data)
     return m

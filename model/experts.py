@@ -49,9 +49,10 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field, replace
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from .scenario import Scenario
+if TYPE_CHECKING:
+    from .scenario import Scenario
 from .terms import Accounting, ExpertGroup, LayerGroup, MemoryTerms, Quantity
 
 TERA = 1e12

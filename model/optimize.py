@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyomo.environ as pyo
 
@@ -27,12 +27,10 @@ from .families import batching
 from .errors import Infeasible, SolverError
 from .experts import Decision, ExpertSetup, decision_pairs, expected_experts_moved, specialize
 from .scenario import DEVICE_NAMES, Scenario
+from .evaluation import at_point, check, clean_point, evaluation, fractions_of
+from .limits import complete, limits
 from .sensitivity import Sensitivity, sensitivity as compute_sensitivity
-from .terms import DEVICES, MEMORY_KEYS, SEQ_KINDS, TENSOR_KINDS, Accounting, Evaluation, evaluate, \
-    fractions_from_percent
-
-# Relative slack when checking a solved policy's peaks against capacity (solver tolerances).
-CAPACITY_SLACK = 1e-7
+from .terms import DEVICES, TENSOR_KINDS, Accounting, Evaluation, fractions_from_percent
 
 
 @dataclass
@@ -109,48 +107,40 @@ def _fixed_fractions(sc: Scenario):
     return None if sc.policy.percent is None else fractions_from_percent(sc.policy.percent)
 
 
-def capacity_violations(acc: Accounting, g: int, N: int, p, capacity: dict, usable: dict,
-                        slack: float = 0.0) -> list[str]:
-    """Lines naming each device and phase whose peak exceeds usable capacity, and what fills it."""
-    out = []
-    for key in MEMORY_KEYS:
-        dev, phase = key
-        cases = [q.parts(g * N, g, acc.efficiency(g), p) for _grp, q in acc.memory[key].cases()]
-        parts = max(cases, key=lambda c: sum(c.values()))
-        peak = sum(parts.values())
-        if peak > usable[dev] * (1 + slack) + slack:
-            where = ("disk" if dev == "disk" else dev.upper()) + " memory" + (f" ({phase})" if phase else "")
-            alpha = usable[dev] / capacity[dev] if capacity[dev] else 0.0
-            out.append(f"{where}: needs {peak:.4f} GiB (weights {parts['block']:.4f}, KV cache + activations "
-                       f"{parts['sequence']:.4f}, working buffers {parts['microbatch']:.4f}) > usable "
-                       f"{alpha:g} x {capacity[dev]:g} = {usable[dev]:.4f} GiB")
-    return out
-
-
 def evaluate_policy(sc: Scenario, g: int, N: int, percent) -> Result:
-    """Predict the throughput, times and peaks of one fully fixed policy (no solver)."""
+    """Predict the throughput, times and peaks of one fully fixed policy: the same Pyomo model as
+    the optimizer's, evaluated at the policy's point (no solver where every family can complete it)."""
     t0 = time.perf_counter()
-    acc = build_accounting(sc)
     setup = ExpertSetup.from_scenario(sc)
     if setup.has_decisions:
         raise ValueError("evaluate_policy: pinned or CPU experts are decisions; use optimize()")
-    decision = Decision() if setup.active else None
-    if setup.active:
-        acc = specialize(acc, setup, decision, g * N)
+    data = _data(sc, build_accounting(sc), g, g, N, N, g * N)
+    if setup.active and data.experts is not None:
+        data = replace(data, expert_decision=Decision())
     p = fractions_from_percent(percent)
-    ev = evaluate(acc, g, N, p)
-    res = Result(scenario=sc, accounting=acc, status="evaluated", gpu_batch_size=g, num_gpu_batches=N,
-                 expert_setup=setup if setup.active else None, expert_decision=decision,
+    m, bad = at_point(data, g, N, p, sc.solver.name)
+    fixed = data.fixed_at(g, N)
+    ev = evaluation(m, fixed, g, N)
+    res = Result(scenario=sc, accounting=fixed.accounting, status="evaluated", gpu_batch_size=g, num_gpu_batches=N,
+                 expert_setup=data.experts, expert_decision=data.expert_decision,
                  fractions=p, evaluation=ev, flexllmgen_percent=tuple(int(round(x)) for x in percent)
                  if all(float(x).is_integer() for x in percent) else None)
     res.flexllmgen_throughput = ev.throughput_tokens_per_s if res.flexllmgen_percent else None
     res.flexllmgen_num_gpu_batches = N
-    bad = capacity_violations(acc, g, N, p, res.capacity_gib, res.usable_gib, slack=1e-12)
     if bad:
         res.status = "infeasible"
         res.infeasible_reasons = bad
     res.total_s = time.perf_counter() - t0
     return res
+
+
+def _data(sc: Scenario, acc: Accounting, g_lo: int, g_hi: int, N_lo: int, N_hi: int, b_hi: int) -> ModelData:
+    hw = sc.hardware
+    setup = ExpertSetup.from_scenario(sc)
+    return ModelData(accounting=acc, capacity_gib={d: getattr(hw.memory_gib, d) for d in DEVICE_NAMES},
+                     alpha={d: getattr(hw.alpha, d) for d in DEVICE_NAMES}, g_lo=g_lo, g_hi=g_hi, N_lo=N_lo,
+                     N_hi=N_hi, b_hi=b_hi, fixed_fractions=_fixed_fractions(sc), name=sc.name,
+                     experts=setup if setup.active and acc.expert_groups else None, scenario=sc)
 
 
 def model_data(sc: Scenario) -> tuple[ModelData, SearchBounds]:
@@ -159,15 +149,10 @@ def model_data(sc: Scenario) -> tuple[ModelData, SearchBounds]:
     hw, pol = sc.hardware, sc.policy
     capacity = {d: getattr(hw.memory_gib, d) for d in DEVICE_NAMES}
     alpha = {d: getattr(hw.alpha, d) for d in DEVICE_NAMES}
-    fixed = _fixed_fractions(sc)
-    bounds = search_bounds(acc, capacity, alpha, fixed_fractions=fixed, fixed_g=pol.gpu_batch_size,
+    bounds = search_bounds(acc, capacity, alpha, fixed_fractions=_fixed_fractions(sc), fixed_g=pol.gpu_batch_size,
                            fixed_N=pol.num_gpu_batches, max_g=sc.search.max_gpu_batch_size,
                            max_N=sc.search.max_num_gpu_batches)
-    setup = ExpertSetup.from_scenario(sc)
-    data = ModelData(accounting=acc, capacity_gib=capacity, alpha=alpha, g_lo=bounds.g_lo, g_hi=bounds.g_hi,
-                     N_lo=bounds.N_lo, N_hi=bounds.N_hi, b_hi=bounds.b_hi, fixed_fractions=fixed, name=sc.name,
-                     experts=setup if setup.active and acc.expert_groups else None)
-    return data, bounds
+    return _data(sc, acc, bounds.g_lo, bounds.g_hi, bounds.N_lo, bounds.N_hi, bounds.b_hi), bounds
 
 
 def build_for(sc: Scenario) -> pyo.ConcreteModel:
@@ -223,7 +208,7 @@ def optimize(sc: Scenario, *, sensitivity: bool = True, integer_percents: bool =
                 if _try_fixed(data, data.g_lo, data.N_lo, sc, opts)[0] is not None:
                     raise SolverError(f"{milp_res.solver} declared the MILP infeasible, but g={data.g_lo}, "
                                       f"N={data.N_lo} fits: numerical trouble (extreme rates or sizes?)")
-                raise Infeasible(_explain_infeasible(acc, data))
+                raise Infeasible(explain_infeasible(data))
             raise SolverError(f"{milp_res.solver} stopped ({milp_res.termination}) without a policy "
                               f"after {milp_res.wall_s:.1f} s")
         g, N = _batch_sizes(m)
@@ -246,9 +231,15 @@ def _report(sc: Scenario, data: ModelData, bounds, g: int, N: int, lp, lp_res, s
     """The Result of the policy ``(g, N)`` whose fixed LP is ``lp``: re-evaluated from the formulas
     (with the expert decision applied at ``b = g*N``), checked against capacity, with sensitivity
     and FlexLLMGen's integer percents."""
-    acc = data.fixed_at(g, N).accounting
-    fractions = _fractions(lp, g * N)
-    ev = evaluate(acc, g, N, fractions)
+    fixed = data.fixed_at(g, N)
+    acc = fixed.accounting
+    clean_point(lp)
+    complete(lp)
+    bad = check(lp)
+    if bad:
+        raise SolverError("solved policy does not fit: " + "; ".join(bad))
+    fractions = fractions_of(lp)
+    ev = evaluation(lp, fixed, g, N)
     lp_time = lp_res.objective * g * N
     if not math.isclose(ev.total_s, lp_time, rel_tol=1e-6):
         raise SolverError(f"re-evaluated time {ev.total_s:.6f} s disagrees with the LP's {lp_time:.6f} s "
@@ -257,9 +248,6 @@ def _report(sc: Scenario, data: ModelData, bounds, g: int, N: int, lp, lp_res, s
                  gpu_batch_size=g, num_gpu_batches=N, fractions=fractions, evaluation=ev, solve=solve,
                  resolve=lp_res if lp_res is not solve else None, bounds=bounds, build_s=build_s,
                  expert_setup=data.experts, expert_decision=data.expert_decision)
-    bad = capacity_violations(acc, g, N, fractions, data.capacity_gib, res.usable_gib, slack=CAPACITY_SLACK)
-    if bad:
-        raise SolverError("solved policy violates capacity: " + "; ".join(bad))
     res.binding_bounds = _binding(bounds, g, N)
     res.notes = notes + _expected_traffic_notes(data)
     if want_sensitivity:
@@ -419,7 +407,11 @@ def _try_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
     """The fixed-(g, N) LP and its result, or ``(None, result)`` when it has no optimal solution."""
     lp = build_model(_fixed_data(data, g, N))
     res = solvers.solve(lp, sc.solver.name, is_mip=_has_integers(lp), **opts)
-    return (lp if res.has_solution and res.termination == "optimal" else None), res
+    if not (res.has_solution and res.termination == "optimal"):
+        return None, res
+    clean_point(lp)
+    complete(lp)
+    return (None if check(lp) else lp), res
 
 
 def _resolve_with_repair(data: ModelData, g: int, N: int, sc: Scenario, opts):
@@ -468,6 +460,10 @@ def _resolve_with_repair(data: ModelData, g: int, N: int, sc: Scenario, opts):
                     f"repaired to g={g2}, N={best_n} (the largest that fit, by bisection)")
             facts = [("forbid_g", x) for x in range(g2 + 1, g + 1)] + [("cap_N", g2, best_n)]
             return lp, res, g2, best_n, [note], facts
+    if _try_fixed(data, data.g_lo, data.N_lo, sc, opts)[0] is None:
+        # nothing fits at the smallest (g, N) either: the scenario is infeasible (the MILP's answer fit only
+        # within its tolerances); say what is short
+        raise Infeasible(explain_infeasible(data))
     raise SolverError(f"{sc.solver.name}: the MILP's g={g}, N={N} is infeasible and no smaller (g, N) fits: "
                       f"the solver's tolerances are too loose for this model ({res.termination})")
 
@@ -481,7 +477,7 @@ def _solve_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
     if not res.has_solution or res.termination != "optimal":
         if res.termination == "infeasible":
             raise Infeasible([f"no placement fits at gpu_batch_size={g}, num_gpu_batches={N}: "
-                              + "; ".join(_explain_infeasible(data.accounting, fixed_data))])
+                              + "; ".join(explain_infeasible(data))])
         raise SolverError(f"fixed-(g={g}, N={N}) LP ended {res.termination} with {res.solver}")
     return lp, res, build_s
 
@@ -497,26 +493,15 @@ def _check_agreement(milp, lp, gap: float, g: int, N: int) -> None:
                           f"{milp.bound:.9g}: the MILP relaxation is wrong")
 
 
-def _fractions(lp, b: int) -> dict[tuple[str, str], float]:
-    pl = lp.placement
-    out = {}
-    w = {d: max(0.0, pyo.value(pl.weights_fraction[d])) for d in DEVICES}
-    tot = sum(w.values())
-    for d in DEVICES:
-        out[("weights", d)] = w[d] / tot
-    for k in SEQ_KINDS:
-        vals = {d: min(1.0, max(0.0, pyo.value(pl.fraction[k, d]))) for d in DEVICES}
-        tot = sum(vals.values())
-        for d in DEVICES:
-            out[(k, d)] = vals[d] / tot
-    return out
-
-
 def _binding(bounds: SearchBounds, g: int, N: int) -> list[str]:
+    """Search bounds the policy sits on: caps from memory or ``search.*`` (a bound the user fixed
+    with ``policy.*`` is the policy, not a bound)."""
     out = []
-    if g == bounds.g_hi and bounds.g_lo != bounds.g_hi:
+    if g == bounds.g_hi and bounds.source["g_hi"] != "policy" and (bounds.g_lo != bounds.g_hi
+                                                                    or bounds.source["g_hi"].startswith("search")):
         out.append(f"gpu_batch_size = {g} is at its upper bound ({bounds.source['g_hi']})")
-    if N == bounds.N_hi and bounds.N_lo != bounds.N_hi:
+    if N == bounds.N_hi and bounds.source["N_hi"] != "policy" and (bounds.N_lo != bounds.N_hi
+                                                                    or bounds.source["N_hi"].startswith("search")):
         out.append(f"num_gpu_batches = {N} is at its upper bound ({bounds.source['N_hi']})")
     if g * N == bounds.b_hi:
         out.append(f"block size g*N = {g * N} is at its upper bound (memory)")
@@ -569,42 +554,91 @@ def _integer_percents_at(data: ModelData, g: int, N: int, solver: str, opts):
         return None
     pct = {(k, d): int(round(pyo.value(blk.percent[k, d]))) for k in TENSOR_KINDS for d in DEVICES}
     six = tuple(x for k in TENSOR_KINDS for x in (pct[(k, "gpu")], pct[(k, "cpu")]))
-    acc = data.accounting
     p = fractions_from_percent(six)
-    usable = {d: data.alpha[d] * data.capacity_gib[d] for d in DEVICES}
-    if capacity_violations(acc, g, N, p, data.capacity_gib, usable, slack=1e-12):
+    point, bad = at_point(data, g, N, p, solver, opts)
+    if bad:
         return None
-    return six, evaluate(acc, g, N, p).throughput_tokens_per_s
+    return six, evaluation(point, data.fixed_at(g, N), g, N).throughput_tokens_per_s
 
 
-def _explain_infeasible(acc: Accounting, data: ModelData) -> list[str]:
-    """Say which resource is short and by how much.
+def _field_range(path: str) -> tuple[float | None, float | None]:
+    """The validator's (lowest positive, highest) accepted value of a dotted scenario field."""
+    import dataclasses as dc
+    import typing
 
-    Relaxes one capacity at a time; for each whose relaxation restores feasibility,
-    bisects (feasibility is monotone in capacity) for the least capacity that works,
-    to 1%, within the same search bounds.
+    from . import scenario as scn
+
+    cls, meta = scn.Scenario, None
+    for part in path.split("."):
+        hints = typing.get_type_hints(cls)
+        fld = {f.name: f for f in dc.fields(cls)}[part]
+        meta, tp = fld.metadata, hints[part]
+        inner = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+        cls = inner[0]
+    lo = meta.get("gt") if meta.get("gt") is not None else meta.get("ge")
+    hi = meta.get("le") if meta.get("le") is not None else meta.get("lt")
+    if path.startswith("hardware.memory_gib."):
+        lo = scn.MEMORY_MIN_GIB
+    return lo, hi
+
+
+def _relaxed_fits(sc: Scenario, overrides: dict) -> bool:
+    """Whether the scenario with ``overrides`` has any feasible policy (a quick MILP, gap 1e-2)."""
+    from .errors import InputError
+    from .scenario import override
+
+    try:
+        data, _bounds = model_data(override(sc, overrides))
+    except (Infeasible, InputError):
+        return False
+    m = build_model(data)
+    try:
+        r = solvers.solve(m, "highs", time_limit_s=60, mip_gap=1e-2,
+                          is_mip=not (data.g_lo == data.g_hi and data.N_lo == data.N_hi and data.experts is None))
+    except SolverError:
+        return False
+    return r.has_solution
+
+
+def explain_infeasible(data: ModelData) -> list[str]:
+    """Say which limit is short and by how much: relax each family's limits in turn.
+
+    Every limit a family registered (:mod:`model.limits`: memory of each device, the block
+    latency limit, ...) names the scenario field that relaxes it. For each such field alone, the
+    field is set to the largest value the validator accepts; if that restores feasibility, the
+    least value that works is found by bisection (feasibility is monotone in it) to 1%, and the
+    hint is kept within the validator's range.
     """
-    def feasible(cap: dict) -> bool:
-        m = build_model(ModelData(**{**data.__dict__, "capacity_gib": cap}))
-        try:
-            r = solvers.solve(m, "highs", time_limit_s=60, mip_gap=1e-2, is_mip=data.fixed_batch is None)
-        except SolverError:
-            return False
-        return r.has_solution
-
+    sc = data.scenario
+    m = build_model(data)
+    groups: dict[str, object] = {}
+    for lim in limits(m):
+        groups.setdefault(lim.field, lim)
     lines = []
-    for dev in DEVICES:
-        have = data.capacity_gib[dev]
-        if not feasible({**data.capacity_gib, dev: 1e5}):
+    for fld, lim in groups.items():
+        have = _get_field(sc, fld)
+        lo_ok, hi_ok = _field_range(fld)
+        if hi_ok is None or not _relaxed_fits(sc, {fld: hi_ok}):
             continue
-        lo, hi = have, 1e5  # lo infeasible, hi feasible
+        lo, hi = (have if have else 0.0), float(hi_ok)   # lo does not fit, hi does
         while hi - lo > 0.01 * hi:
-            mid = (lo * hi) ** 0.5 if lo > 0 else hi / 64
-            if feasible({**data.capacity_gib, dev: mid}):
+            mid = (lo * hi) ** 0.5 if lo > 0 else max(hi / 64, lo_ok or 0.0)
+            if mid <= lo:
+                break
+            if _relaxed_fits(sc, {fld: mid}):
                 hi = mid
             else:
                 lo = mid
-        label = "disk" if dev == "disk" else dev.upper()
-        lines.append(f"{label} memory is short: nothing fits with {have:g} GiB; it would with about "
-                     f"{hi:.4g} GiB ({hi - have:+.4g} GiB, alone)")
-    return lines or ["no single memory is short: no placement satisfies the GPU, CPU and disk capacities together"]
+        have_text = "none" if have is None else f"{have:g} {lim.unit}"
+        lines.append(f"{lim.group} is short ({fld}): nothing fits with {have_text}; it would with about "
+                     f"{hi:.4g} {lim.unit}" + (f" ({hi - have:+.4g} {lim.unit}, alone)" if have is not None else
+                                               " (alone)"))
+    return lines or ["no single limit is short: no policy satisfies the memory capacities"
+                     + (" and the other limits" if len(groups) > 3 else "") + " together"]
+
+
+def _get_field(sc: Scenario, path: str):
+    node = sc
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node

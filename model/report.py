@@ -231,12 +231,13 @@ def to_text(res: Result) -> str:
             for ph in PHASES:
                 t = gt.layer_time_s[ph]
                 layer = gt.prefill_layer_s if ph == "prefill" else gt.decode_layer_s
-                neck_name = " + ".join(COMPONENT_NAMES[c] for c in gt.bottleneck[ph].split("+"))
+                neck_name = ev.chain_words.get(gt.bottleneck[ph], gt.bottleneck[ph])
                 lines.append(f"  {ph:<14}" + "".join(f"{t[c]:11.5f}" for c in COMPONENTS)
                              + f" {layer:10.5f}  {neck_name}")
         if len(shown) > MAX_GROUPS_SHOWN:
             lines.append(f"  ... {len(shown) - MAX_GROUPS_SHOWN} more distinct layer groups (--format json lists all)")
-        lines.append("  (prefill = max(ctog+dtoc, gtoc+ctod, comp); decode step = ctog + max(gtoc, dtoc, ctod, comp))")
+        lines.append(f"  (prefill = {ev.formula['prefill']}; decode step = {ev.formula['decode']})")
+        lines.append("  (" + ", ".join(f"{c} = {COMPONENT_NAMES[c]}" for c in COMPONENTS) + ")")
         lines += ["", "Peak memory (GiB)    prefill     decode     usable"]
         alpha = sc.hardware.alpha
         for d in DEVICES:

@@ -206,6 +206,29 @@ class SolverOptions:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# ---- sections extended by the constraint families' own keys (model.keys) ----------------------
+def _extended(cls, section: str):
+    """``cls`` with the fields that registered families declare for ``section`` (``KEYS``)."""
+    from .families import FAMILIES
+
+    keys = [k for fam in FAMILIES for k in getattr(fam, "KEYS", ()) if k.section == section]
+    if not keys:
+        return cls
+    fields = [(k.name, k.type, field(default=k.default, metadata={**rule(**k.rule), "doc": k.doc, "key": k}))
+              for k in keys]
+    return dataclasses.make_dataclass(cls.__name__, fields, bases=(cls,), frozen=True,
+                                      namespace={"__doc__": cls.__doc__, "__module__": __name__})
+
+
+ModelSpec = _extended(ModelSpec, "model")
+Workload = _extended(Workload, "workload")
+Hardware = _extended(Hardware, "hardware")
+Policy = _extended(Policy, "policy")
+Search = _extended(Search, "search")
+Experts = _extended(Experts, "experts")
+SolverOptions = _extended(SolverOptions, "solver")
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str = "scenario"

@@ -1,23 +1,24 @@
 """What limits a policy: binding constraints and the marginal value of each resource.
 
-From the fixed-(g, N) LP (the re-solve after the MILP), solved by HiGHS for its duals:
+From the fixed-(g, N) LP (the re-solve after the MILP), solved for its duals, and derived
+for every family without knowing any of them (docs/model.md section 7):
 
-* binding constraints: every capacity and timing constraint with a nonzero dual, by
-  name (``capacity.cpu_memory_within_capacity[decode]``,
-  ``timing.decode_overlap_covers_component[moe,dtoc]``: the term that sets a phase's time);
-* tokens/s per extra GiB of GPU / CPU / disk memory: a capacity row reads
-  ``(home + work)/b <= alpha * C / b`` (MiB inside the model), so
-  ``dt/dC = sum_phases dual * 1024 * alpha / b``;
-* tokens/s per extra GiB/s of each link (and of each device's memory bandwidth under
-  exact accounting): by the envelope theorem ``dt/dtheta = df/dtheta +
-  sum_rows dual_row * d(row's time terms)/dtheta`` at the LP optimum; each time term is
-  affine in ``1/theta`` (or a max of such terms), so its derivative is read off the
-  accounting rebuilt at ``theta * (1 + 1e-6)``;
+* binding constraints: every row with a nonzero dual that a family labelled or registered as a
+  limit (:mod:`model.limits`), in plain words ("GPU memory (prefill)", "prefill layer time set
+  by compute (layers)", "block latency limit");
+* the marginal value of a scenario field ``theta`` (a memory, a link, a family's own limit): by
+  the envelope theorem, at the LP optimum ``x*``,
 
-and ``d(tokens/s) = -(n / t^2) dt`` with ``t`` seconds per sequence. All of it is
-local: at the chosen g and N, for small changes (an LP's value is piecewise linear
-in its right-hand sides; more memory may also allow a larger N, which this does not
-see). tests/test_sensitivity.py checks the figures against finite differences.
+      dt/dtheta = sum_rows  -y_r * d(body_r(x*) - bound_r)/dtheta  + d(objective(x*))/dtheta
+
+  with ``y_r`` the row's dual (d optimum / d bound). The derivatives are read off the same
+  model rebuilt from the scenario with ``theta * (1 + 1e-6)``, evaluated at the same ``x*``:
+  every row of every family, matched by name;
+
+and ``d(tokens/s) = -(n / t^2) dt`` with ``t`` seconds per sequence. All of it is local: at the
+chosen g and N, for small changes (an LP's value is piecewise linear in its right-hand sides;
+more memory may also allow a larger N, which this does not see). tests/test_sensitivity.py
+checks the figures against finite differences.
 """
 
 from __future__ import annotations
@@ -27,12 +28,8 @@ from dataclasses import dataclass, field
 
 import pyomo.environ as pyo
 
-from .accounting import build_accounting
 from .build import ModelData, build_model
-from .experts import ExpertSetup, specialize
-from .families.cost import MIB_PER_GIB, US_PER_S
-from .scenario import Scenario
-from .terms import DECODE_OVERLAPPED, PREFILL_GROUPS
+from .limits import describe, limits
 
 _EPS = 1e-6
 
@@ -42,105 +39,133 @@ class Sensitivity:
     tokens_per_s_per_gib: dict[str, float]
     tokens_per_s_per_gib_per_s: dict[str, float]
     binding: list[str] = field(default_factory=list)
+    per_field: dict[str, float] = field(default_factory=dict)   # any priced scenario field -> tokens/s per unit
+    solver_note: str = ""
     note: str = ("local to the chosen gpu_batch_size and num_gpu_batches; an LP's value is piecewise linear, "
                  "so large changes may differ")
 
 
-def _links(sc: Scenario) -> dict[str, float]:
-    bw = sc.hardware.bandwidth_gib_per_s
-    out = {f"bandwidth_gib_per_s.{k}": getattr(bw, k) for k in bw.__dataclass_fields__}
-    mbw = sc.hardware.memory_bandwidth_gib_per_s
-    if mbw is not None and sc.model.accounting == "exact":
-        out.update({f"memory_bandwidth_gib_per_s.{k}": getattr(mbw, k) for k in ("gpu", "cpu")})
-    return out
-
-
-def _bumped(sc: Scenario, path: str, value: float) -> Scenario:
-    """``sc`` with one hardware rate changed, without re-validation (a rate at its sanity cap may
-    be nudged past it for the derivative)."""
-    section, key = path.split(".")
+def priced_fields(sc, m) -> dict[str, float]:
+    """Scenario fields to price: memories, links, memory bandwidths (exact accounting), and every
+    limit's own field (e.g. ``workload.max_block_time_s``)."""
     hw = sc.hardware
-    new_section = dataclasses.replace(getattr(hw, section), **{key: value})
-    return dataclasses.replace(sc, hardware=dataclasses.replace(hw, **{section: new_section}))
-
-
-def _time_terms_us(acc, g: int, N: int, p) -> dict:
-    """Per-sequence microseconds of every (group, phase, component) at a fixed policy."""
-    ev_b = g * N
-    eff = acc.efficiency(g)
-    return {(grp.name, ph, c): US_PER_S * q.value(ev_b, g, eff, p) / ev_b
-            for grp in acc.groups for (ph, c), q in grp.time.items()}
-
-
-def _price(row, epigraph_var, duals) -> float:
-    """d(optimum)/d(time the row requires): the row's dual, oriented by how the solver sees the row.
-
-    ``t >= sum(terms)`` reaches the solver as ``t - sum >= k`` or ``sum - t <= k`` depending on
-    which side holds variables; the dual is d(optimum)/d(k) either way, so its sign follows the
-    coefficient of ``t`` in the row's body.
-    """
-    from pyomo.repn import generate_standard_repn
-
-    repn = generate_standard_repn(row.body, compute_values=True)
-    coef = next(c for v, c in zip(repn.linear_vars, repn.linear_coefs) if v is epigraph_var)
-    return duals.get(row, 0.0) * (1.0 if coef > 0 else -1.0)
-
-
-def _lp_fractions(lp) -> dict:
-    pl = lp.placement
-    out = {("weights", d): pyo.value(pl.weights_fraction[d]) for d in lp.DEVICES}
-    out.update({(k, d): pyo.value(pl.fraction[k, d]) for k in pl.SEQ_KINDS for d in lp.DEVICES})
+    out = {f"hardware.memory_gib.{d}": getattr(hw.memory_gib, d) for d in ("gpu", "cpu", "disk")}
+    bw = hw.bandwidth_gib_per_s
+    out.update({f"hardware.bandwidth_gib_per_s.{k}": getattr(bw, k) for k in bw.__dataclass_fields__})
+    mbw = hw.memory_bandwidth_gib_per_s
+    if mbw is not None and sc.model.accounting == "exact":
+        out.update({f"hardware.memory_bandwidth_gib_per_s.{k}": getattr(mbw, k) for k in ("gpu", "cpu")})
+    for lim in limits(m):
+        value = _get(sc, lim.field)
+        if isinstance(value, (int, float)) and value:
+            out.setdefault(lim.field, float(value))
     return out
 
 
-def sensitivity(sc: Scenario, data: ModelData, g: int, N: int) -> Sensitivity:
-    """Binding constraints and marginal values at ``(g, N)``; see the module docstring."""
-    fixed = data.fixed_at(g, N)
-    lp = build_model(fixed)
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _bumped(sc, path: str, value: float):
+    """``sc`` with one field changed, without re-validation (a value at its sanity cap may be
+    nudged past it for the derivative)."""
+    head, _, rest = path.partition(".")
+    if not rest:
+        return dataclasses.replace(sc, **{head: value})
+    return dataclasses.replace(sc, **{head: _bumped(getattr(sc, head), rest, value)})
+
+
+def _rows(m) -> dict[str, object]:
+    return {c.name: c for c in m.component_data_objects(pyo.Constraint, active=True)}
+
+
+def _active_side(con, dual: float):
+    """The bound a row's dual belongs to: the one the body sits on (equality: either)."""
+    if con.has_lb() and con.has_ub():
+        lb, ub, body = pyo.value(con.lower), pyo.value(con.upper), pyo.value(con.body)
+        return con.upper if abs(body - ub) <= abs(body - lb) else con.lower
+    return con.upper if con.has_ub() else con.lower
+
+
+def _load_point(src, dst) -> None:
+    """Copy every variable value of ``src`` into the same-named variable of ``dst``."""
+    values = {v.name: v.value for v in src.component_data_objects(pyo.Var)}
+    for v in dst.component_data_objects(pyo.Var):
+        if v.name in values:
+            v.set_value(values[v.name], skip_validation=True)
+
+
+def _duals(lp, solver: str):
+    """Duals of the fixed LP from the configured solver where it gives them, else from HiGHS."""
     from pyomo.contrib.solver.common.factory import SolverFactory
 
-    opts = {"primal_feasibility_tolerance": 1e-9, "dual_feasibility_tolerance": 1e-9}
-    res = SolverFactory("highs").solve(lp, load_solutions=False, raise_exception_on_nonoptimal_result=False,
-                                       solver_options=opts)
-    res.solution_loader.load_vars()
-    duals = res.solution_loader.get_duals()
-    fractions = _lp_fractions(lp)  # the primal point that goes with these duals
+    note = ""
+    name = {"highs": "highs", "gurobi": "gurobi_direct", "scip": "scip_direct"}.get(solver)
+    if name is None:
+        note = f"duals from HiGHS ({solver} gives no duals through this interface)"
+        name = "highs"
+    opts = {"highs": {"primal_feasibility_tolerance": 1e-9, "dual_feasibility_tolerance": 1e-9}}.get(name, {})
+    try:
+        res = SolverFactory(name).solve(lp, load_solutions=False, raise_exception_on_nonoptimal_result=False,
+                                        solver_options=opts)
+        res.solution_loader.load_vars()
+        return res.solution_loader.get_duals(), note
+    except Exception:  # noqa: BLE001 - a solver without duals: fall back to HiGHS
+        if name == "highs":
+            raise
+        res = SolverFactory("highs").solve(lp, load_solutions=False, raise_exception_on_nonoptimal_result=False,
+                                           solver_options={"primal_feasibility_tolerance": 1e-9,
+                                                           "dual_feasibility_tolerance": 1e-9})
+        res.solution_loader.load_vars()
+        return res.solution_loader.get_duals(), f"duals from HiGHS ({solver} gave none)"
+
+
+def sensitivity(sc, data: ModelData, g: int, N: int) -> Sensitivity:
+    """Binding constraints and marginal values at ``(g, N)``; see the module docstring."""
+    from .accounting import build_accounting
+    from .experts import ExpertSetup, specialize
+
+    fixed = data.fixed_at(g, N)
+    lp = build_model(fixed)
+    duals, solver_note = _duals(lp, sc.solver.name)
     t = pyo.value(lp.objective.time_per_seq_s)
     n = data.accounting.gen_len
     to_tput = -n / t**2
-    b = g * N
-    binding = sorted(c.name for c, d in duals.items() if abs(d) > 1e-12 and any(
-        key in c.name for key in ("within_capacity", "covers_chain", "covers_component")))
-
-    per_gib = {}
-    cap = lp.capacity
-    for dev in ("gpu", "cpu"):
-        rows = getattr(cap, f"{dev}_memory_within_capacity")
-        dt = sum(duals.get(rows[ph], 0.0) for ph in lp.PHASES) * MIB_PER_GIB * data.alpha[dev] / b
-        per_gib[dev] = to_tput * dt
-    per_gib["disk"] = to_tput * duals.get(cap.disk_memory_within_capacity, 0.0) * MIB_PER_GIB * data.alpha["disk"] / b
-
-    base_terms = _time_terms_us(fixed.accounting, g, N, fractions)
-    per_bw = {}
-    tm = lp.timing
-    counts = {grp.name: grp.count for grp in fixed.accounting.groups}
-    for path, value in _links(sc).items():
+    binding = []
+    for con, y in duals.items():
+        if abs(y) > 1e-12:
+            words = describe(lp, con)
+            if words is not None and words not in binding:
+                binding.append(words)
+    per_field = {}
+    for path, value in priced_fields(sc, lp).items():
         bumped_sc = _bumped(sc, path, value * (1 + _EPS))
-        bumped = build_accounting(bumped_sc)
+        acc = build_accounting(bumped_sc)
         if data.expert_decision is not None:
-            bumped = specialize(bumped, ExpertSetup.from_scenario(bumped_sc), data.expert_decision, b)
-        terms = _time_terms_us(bumped, g, N, fractions)
-        # d(term)/d(theta) for terms affine in 1/theta: -(term(theta) - term(theta(1+e))) (1+e) / (e theta)
-        d = {key: -(base_terms[key] - terms[key]) * (1 + _EPS) / (_EPS * value) for key in base_terms}
-        dt = sum(counts[grp] * (n - 1) * d[(grp, "decode", "ctog")] for grp in counts) / US_PER_S
-        for grp in counts:
-            for chain, comps in PREFILL_GROUPS.items():
-                row = tm.prefill_layer_covers_chain[grp, chain]
-                dt += _price(row, tm.prefill_layer_us[grp], duals) * sum(d[(grp, "prefill", c)] for c in comps)
-            for c in DECODE_OVERLAPPED:
-                row = tm.decode_overlap_covers_component[grp, c]
-                dt += _price(row, tm.decode_overlap_us[grp], duals) * d[(grp, "decode", c)]
-        per_bw[path] = to_tput * dt
-    clean = lambda d: {k: (v if abs(v) > 1e-15 else 0.0) for k, v in d.items()}  # noqa: E731 - no "-0.0"
-    return Sensitivity(tokens_per_s_per_gib=clean(per_gib), tokens_per_s_per_gib_per_s=clean(per_bw),
-                       binding=binding)
+            acc = specialize(acc, ExpertSetup.from_scenario(bumped_sc), data.expert_decision, g * N)
+        hw = bumped_sc.hardware
+        bumped = dataclasses.replace(
+            fixed, accounting=acc, scenario=bumped_sc,
+            capacity_gib={d: getattr(hw.memory_gib, d) for d in ("gpu", "cpu", "disk")})
+        other = build_model(bumped)
+        _load_point(lp, other)
+        d_obj = (pyo.value(other.objective.time_per_seq_s) - t) / (_EPS * value)
+        dt = d_obj
+        other_rows = _rows(other)
+        for con, y in duals.items():
+            if abs(y) <= 1e-15 or con.name not in other_rows:
+                continue
+            o = other_rows[con.name]
+            side, o_side = _active_side(con, y), _active_side(o, y)
+            before = pyo.value(con.body) - pyo.value(side)
+            after = pyo.value(o.body) - pyo.value(o_side)
+            dt += -y * (after - before) / (_EPS * value)
+        per_field[path] = to_tput * dt
+    clean = lambda v: v if abs(v) > 1e-15 else 0.0  # noqa: E731 - no "-0.0"
+    per_gib = {d: clean(per_field.get(f"hardware.memory_gib.{d}", 0.0)) for d in ("gpu", "cpu", "disk")}
+    per_bw = {k.split(".", 1)[1]: clean(v) for k, v in per_field.items()
+              if k.startswith(("hardware.bandwidth_gib_per_s.", "hardware.memory_bandwidth_gib_per_s."))}
+    return Sensitivity(tokens_per_s_per_gib=per_gib, tokens_per_s_per_gib_per_s=per_bw, binding=binding,
+                       per_field={k: clean(v) for k, v in per_field.items()}, solver_note=solver_note)

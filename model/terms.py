@@ -18,7 +18,8 @@ Layers come in groups of identical layers (:class:`LayerGroup`), each with its o
 per-layer times. Memory per device and phase is ``home + max over groups of that
 group's working buffers`` (:class:`MemoryTerms`): one layer is in flight at a time.
 The accounting modules produce these forms; the Pyomo families turn them into
-constraints, and :func:`evaluate` computes them directly for a fixed policy.
+constraints, and every figure of a policy is read from that one model
+(:mod:`model.evaluation`).
 """
 
 from __future__ import annotations
@@ -264,6 +265,8 @@ class Evaluation:
     throughput_tokens_per_s: float
     peak_memory_gib: dict[tuple[str, str | None], float]
     home_memory_gib: dict[tuple[str, str | None], float]
+    chain_words: dict[str, str] = field(default_factory=dict)   # chain name -> words (the timing family's list)
+    formula: dict[str, str] = field(default_factory=dict)       # phase -> the overlap rule, as the model has it
 
     @property
     def main(self) -> GroupTimes:
@@ -284,46 +287,6 @@ class Evaluation:
     @property
     def bottleneck(self) -> dict[str, str]:
         return self.main.bottleneck
-
-
-def prefill_layer_time(t: Mapping[str, float]) -> float:
-    """T_prefill = max(ctog + dtoc, gtoc + ctod, comp)   (DESIGN.md section 1)."""
-    return max(t["ctog"] + t["dtoc"], t["gtoc"] + t["ctod"], t["comp"])
-
-
-def decode_layer_time(t: Mapping[str, float]) -> float:
-    """T_decode = ctog + max(gtoc, dtoc, ctod, comp)   (DESIGN.md section 1)."""
-    return t["ctog"] + max(t["gtoc"], t["dtoc"], t["ctod"], t["comp"])
-
-
-PREFILL_GROUPS = {"ctog+dtoc": ("ctog", "dtoc"), "gtoc+ctod": ("gtoc", "ctod"), "comp": ("comp",)}
-DECODE_OVERLAPPED = ("gtoc", "dtoc", "ctod", "comp")
-
-
-def _bottleneck(phase: str, t: Mapping[str, float]) -> str:
-    if phase == "prefill":
-        return max(PREFILL_GROUPS, key=lambda k: sum(t[c] for c in PREFILL_GROUPS[k]))
-    return max(DECODE_OVERLAPPED, key=lambda c: t[c])
-
-
-def evaluate(acc: Accounting, g: int, N: int, p: Fractions) -> Evaluation:
-    """Times, throughput and peaks of the policy ``(g, N, p)``, straight from the formulas."""
-    b = g * N
-    eff = acc.efficiency(g)
-    groups = []
-    for grp in acc.groups:
-        layer = {ph: {c: grp.time[(ph, c)].value(b, g, eff, p) for c in COMPONENTS} for ph in PHASES}
-        groups.append(GroupTimes(grp.name, grp.count, layer, prefill_layer_time(layer["prefill"]),
-                                 decode_layer_time(layer["decode"]),
-                                 {ph: _bottleneck(ph, layer[ph]) for ph in PHASES}))
-    n = acc.gen_len
-    pre_total = sum(gt.count * gt.prefill_layer_s for gt in groups)
-    dec_total = (n - 1) * sum(gt.count * gt.decode_layer_s for gt in groups)
-    total = pre_total + dec_total
-    peaks = {key: max(q.value(b, g, eff, p) for _name, q in mt.cases()) for key, mt in acc.memory.items()}
-    homes = {key: mt.home.value(b, g, eff, p) for key, mt in acc.memory.items()}
-    return Evaluation(groups=groups, prefill_total_s=pre_total, decode_total_s=dec_total, total_s=total,
-                      throughput_tokens_per_s=n * b / total, peak_memory_gib=peaks, home_memory_gib=homes)
 
 
 def fractions_from_percent(percent) -> dict[tuple[str, str], float]:

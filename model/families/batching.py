@@ -21,6 +21,7 @@ from __future__ import annotations
 import pyomo.environ as pyo
 
 from ..terms import SEQ_KINDS
+from .linearize import mccormick
 
 # Up to this many candidate GPU batch sizes, g is a one-hot choice (tight); above, bits.
 ONE_HOT_MAX_VALUES = 256
@@ -269,30 +270,8 @@ def _split_fractions(m, blk, choices, frac, chosen) -> None:
 
 
 def _mccormick(blk, name, index, bit, other, other_hi, hi_when_set) -> None:
-    """Exact ``w[i] = bit(i) * other(i)`` for a binary and a variable in [0, other_hi].
-
-    ``hi_when_set(i)`` is a (tighter) upper bound of the variable when the bit is 1.
-    """
-    w = getattr(blk, name)
-
-    def upper_by_bit(blk, *i):
-        """w <= U_i * bit"""
-        i = i[0] if len(i) == 1 else i
-        return w[i] <= hi_when_set(i) * bit(i)
-
-    def upper_by_value(blk, *i):
-        """w <= x"""
-        i = i[0] if len(i) == 1 else i
-        return w[i] <= other(i)
-
-    def lower(blk, *i):
-        """w >= x - U (1 - bit)"""
-        i = i[0] if len(i) == 1 else i
-        return w[i] >= other(i) - other_hi * (1 - bit(i))
-
-    setattr(blk, f"{name}_below_bit", pyo.Constraint(index, rule=upper_by_bit, doc=f"{name} <= U * bit"))
-    setattr(blk, f"{name}_below_value", pyo.Constraint(index, rule=upper_by_value, doc=f"{name} <= value"))
-    setattr(blk, f"{name}_above", pyo.Constraint(index, rule=lower, doc=f"{name} >= value - U (1 - bit)"))
+    """Exact ``w[i] = bit(i) * other(i)`` (the shared helper, :mod:`model.families.linearize`)."""
+    mccormick(blk, name, index, bit, other, other_hi, hi_when_set)
 
 
 def _add_efficiency(m, blk, data) -> None:

@@ -1,0 +1,139 @@
+"""What the families tell everyone else about their constraints: limits, labels, completion.
+
+A *limit* is a constraint whose bound a scenario value sets (a memory capacity, a latency
+limit). A family registers each with :func:`limit`; from then on, without further edits,
+
+* a fixed policy that breaks it is reported by the evaluator in plain words with the amount
+  needed and the amount allowed (:func:`violations`),
+* the infeasibility explanation relaxes it (through its scenario field) and says by how much
+  it is short (``model.optimize``),
+* the sensitivity report names it when it binds (:func:`describe`), and prices its field.
+
+A *label* names any other constraint component in plain words (``prefill layer time:
+compute``) for the "Limits" line. A family with auxiliary variables may register a
+*completion*: how to set them at a fixed policy without a solver (the epigraph of a max is the
+max), so that a fully fixed policy is evaluated by the same model at a point.
+
+One tolerance decides "fits" everywhere (:data:`FIT_TOL`): the optimizer's re-check, the
+fixed-policy evaluator and the integer percents all call :func:`row_violation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pyomo.environ as pyo
+
+# A row fits when it is violated by at most FIT_TOL * max(1, |bound|), in the row's own units
+# (per-sequence MiB or microseconds inside the model): the solvers run with feasibility
+# tolerances of 1e-9 on the same rows, so what a solver accepts the evaluator accepts too.
+FIT_TOL = 1e-9
+
+
+@dataclass
+class Limit:
+    """A constraint bounded by a scenario value.
+
+    ``needed(m)`` and ``allowed(m)`` are in natural units (``unit``: GiB, s) at the model's
+    current point (a fixed policy); ``field`` is the dotted scenario field whose increase
+    relaxes it; ``group`` names the limits that the field relaxes together (GPU memory in
+    prefill and in decode are both relaxed by ``hardware.memory_gib.gpu``).
+    """
+
+    family: str
+    name: str
+    label: str
+    group: str
+    field: str
+    unit: str
+    constraint: object
+    needed: Callable
+    allowed: Callable
+    detail: Callable | None = None        # e.g. "weights 21.5630, KV cache + activations 0.0000, ..."
+    allowed_text: Callable | None = None  # e.g. "usable 0.8 x 16 = 12.8000 GiB"
+
+
+def _registry(m, attr: str, factory):
+    if not hasattr(m, attr):
+        object.__setattr__(m, attr, factory())
+    return getattr(m, attr)
+
+
+def limit(m, **kw) -> Limit:
+    """Register a limit on model ``m`` (see :class:`Limit` for the fields)."""
+    lim = Limit(**kw)
+    _registry(m, "_limits", list).append(lim)
+    return lim
+
+
+def limits(m) -> list[Limit]:
+    return list(getattr(m, "_limits", []))
+
+
+def label(m, component, describe: Callable[..., str]) -> None:
+    """Name the rows of ``component`` in plain words: ``describe(*index) -> str``."""
+    _registry(m, "_labels", dict)[component.name] = describe
+
+
+def completion(m, fill: Callable) -> None:
+    """Register ``fill(m)``, which sets a family's auxiliary variables at a fixed policy."""
+    _registry(m, "_completions", list).append(fill)
+
+
+def describe(m, con) -> str | None:
+    """Plain words for one constraint row, or None when no family labelled it."""
+    for lim in limits(m):
+        if lim.constraint is con:
+            return lim.label
+    comp = con.parent_component()
+    fn = getattr(m, "_labels", {}).get(comp.name)
+    if fn is None:
+        return None
+    idx = con.index()
+    if idx is None:
+        return fn()
+    return fn(*idx) if isinstance(idx, tuple) else fn(idx)
+
+
+def row_violation(con) -> float:
+    """How far a row is outside its bounds at the current point, relative to max(1, |bound|)."""
+    body = pyo.value(con.body, exception=False)
+    if body is None:
+        return float("inf")
+    worst = 0.0
+    if con.has_ub():
+        ub = pyo.value(con.upper)
+        worst = max(worst, (body - ub) / max(1.0, abs(ub)))
+    if con.has_lb():
+        lb = pyo.value(con.lower)
+        worst = max(worst, (lb - body) / max(1.0, abs(lb)))
+    return worst
+
+
+def fits(con) -> bool:
+    return row_violation(con) <= FIT_TOL
+
+
+def complete(m) -> bool:
+    """Set the auxiliary variables of every family at the current point; True when every
+    variable of the model then has a value (the point is fully determined)."""
+    for fill in getattr(m, "_completions", []):
+        fill(m)
+    return all(v.value is not None for v in m.component_data_objects(pyo.Var, active=True))
+
+
+def violated_rows(m) -> list:
+    return [c for c in m.component_data_objects(pyo.Constraint, active=True) if not fits(c)]
+
+
+def violations(m) -> list[str]:
+    """One line per violated limit at the current point (needed vs allowed, in its units)."""
+    out = []
+    for lim in limits(m):
+        if lim.constraint.active and not fits(lim.constraint):
+            need, allow = lim.needed(m), lim.allowed(m)
+            detail = f" ({lim.detail(m)})" if lim.detail else ""
+            allowed = lim.allowed_text(m) if lim.allowed_text else f"{allow:.4f} {lim.unit} allowed ({lim.field})"
+            out.append(f"{lim.label}: needs {need:.4f} {lim.unit}{detail} > {allowed}")
+    return out
