@@ -13,6 +13,7 @@ import pyomo.environ as pyo
 
 from .experts import Decision, ExpertSetup
 from .families import FAMILIES
+from .limits import registry
 from .terms import COMPONENTS, DEVICES, PHASES, TENSOR_KINDS, Accounting
 
 
@@ -79,7 +80,7 @@ def build_model(data: ModelData) -> pyo.ConcreteModel:
         doc="Weights of one MoE layer (dense part + every expert), GiB")
     m.placement_allowed = pyo.Param(m.TENSOR_KINDS, m.DEVICES, initialize=acc.allowed, within=pyo.Boolean,
                                     doc="Whether a tensor kind may live on a device")
-    object.__setattr__(m, "_data", data)
+    registry(m)["data"] = data
     for family in FAMILIES:
         family.add(m, data)
     return m

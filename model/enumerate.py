@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import pyomo.environ as pyo
 
-from . import solvers
+from . import fastlp, solvers
 from .build import ModelData, build_model
 from .evaluation import clean_point
 from .limits import complete, violated_rows
@@ -39,12 +39,20 @@ class EnumerationResult:
 
 
 def solve_fixed(data: ModelData, g: int, N: int, solver: str = "highs"):
-    """Seconds per block of the best placement at ``(g, N)`` and the solved model, or ``(None, None)``."""
+    """Seconds per block of the best placement at ``(g, N)`` and the solved model, or ``(None, None)``.
+
+    ``solver="highs"`` goes straight through highspy (:mod:`model.fastlp`, the same rows); any other
+    name through the solver adapter.
+    """
     m = build_model(data.fixed_at(g, N))
-    is_mip = any(not v.is_continuous() for v in m.component_data_objects(pyo.Var, active=True))
-    r = solvers.solve(m, solver, time_limit_s=600.0, mip_gap=0.0, is_mip=is_mip)
-    if not r.has_solution or r.termination != "optimal":
-        return None, None
+    if solver == "highs":
+        if fastlp.solve(m) is None:
+            return None, None
+    else:
+        is_mip = any(not v.is_continuous() for v in m.component_data_objects(pyo.Var, active=True))
+        r = solvers.solve(m, solver, time_limit_s=600.0, mip_gap=0.0, is_mip=is_mip)
+        if not r.has_solution or r.termination != "optimal":
+            return None, None
     clean_point(m)
     complete(m)
     if violated_rows(m):

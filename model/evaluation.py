@@ -140,3 +140,15 @@ def evaluation(m, data: ModelData, g: int, N: int) -> Evaluation:
     return Evaluation(groups=groups, prefill_total_s=pre_total, decode_total_s=dec_total, total_s=total,
                       throughput_tokens_per_s=n * b / total, peak_memory_gib=peaks, home_memory_gib=homes,
                       chain_words=words, formula=formula(m))
+
+
+def evaluate_accounting(acc, g: int, N: int, fractions) -> Evaluation:
+    """The figures of a fixed policy under an accounting alone (no capacities: nothing is checked),
+    through the same model: for tests and tools that vary the accounting directly."""
+    big = {d: 1e5 for d in DEVICES}
+    data = ModelData(accounting=acc, capacity_gib=big, alpha={d: 1.0 for d in DEVICES}, g_lo=g, g_hi=g, N_lo=N,
+                     N_hi=N, b_hi=g * N)
+    m = fixed_model(data, g, N, fractions)
+    set_fractions(m, fractions)
+    complete(m)
+    return evaluation(m, data.fixed_at(g, N), g, N)

@@ -328,3 +328,38 @@ def from_hf_config(path: str | Path, name: str | None = None) -> Architecture:
     source = (path / "config.json").name if path.is_dir() else path.name
     return Architecture(name=str(nm), model_type=mt, tie_word_embeddings=c.bool("tie_word_embeddings"),
                         source=source, **kw)
+
+
+# --------------------------------------------------------------------------- shipped configs by id
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "scenarios" / "models"
+
+
+def shipped_models() -> dict[str, Path]:
+    """Hugging Face repo id -> shipped config.json (``_source`` and its ``_aliases``: base and
+    instruct variants of one architecture share a config)."""
+    out: dict[str, Path] = {}
+    for path in sorted(MODELS_DIR.glob("*.json")):
+        try:
+            cfg = _load(path)
+        except InputError:
+            continue
+        ids = [cfg.get("_source")] + list(cfg.get("_aliases") or [])
+        for model_id in ids:
+            if isinstance(model_id, str) and model_id.strip():
+                out[model_id.strip()] = path
+    return out
+
+
+def resolve_model(name: str, field: str = "--model") -> Path:
+    """A ``--model`` value: a shipped model's Hugging Face id (case-insensitive) or a config.json path."""
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(field, name, "expected a Hugging Face model id or a path to a config.json")
+    known = shipped_models()
+    by_lower = {k.lower(): v for k, v in known.items()}
+    if name.strip().lower() in by_lower:
+        return by_lower[name.strip().lower()]
+    p = Path(name).expanduser()
+    if p.suffix.lower() == ".json" or p.is_dir() or p.exists():
+        return p.resolve()
+    raise InputError(field, name, "unknown model id (known: " + ", ".join(sorted(known)) + "; or give a config.json path)")

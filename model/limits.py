@@ -20,6 +20,7 @@ fixed-policy evaluator and the integer percents all call :func:`row_violation`.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,10 +55,20 @@ class Limit:
     allowed_text: Callable | None = None  # e.g. "usable 0.8 x 16 = 12.8000 GiB"
 
 
+_REGISTRY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def registry(m) -> dict:
+    """What the families told about model ``m`` (limits, labels, completions, the cost ledger, its
+    data), kept beside the model rather than on it (solver writers walk a model's attributes)."""
+    reg = _REGISTRY.get(m)
+    if reg is None:
+        reg = _REGISTRY[m] = {"limits": [], "labels": {}, "completions": [], "ledger": {}, "data": None}
+    return reg
+
+
 def _registry(m, attr: str, factory):
-    if not hasattr(m, attr):
-        object.__setattr__(m, attr, factory())
-    return getattr(m, attr)
+    return registry(m)[attr.lstrip("_")]
 
 
 def limit(m, **kw) -> Limit:
@@ -68,7 +79,7 @@ def limit(m, **kw) -> Limit:
 
 
 def limits(m) -> list[Limit]:
-    return list(getattr(m, "_limits", []))
+    return list(registry(m)["limits"])
 
 
 def label(m, component, describe: Callable[..., str]) -> None:
@@ -87,7 +98,7 @@ def describe(m, con) -> str | None:
         if lim.constraint is con:
             return lim.label
     comp = con.parent_component()
-    fn = getattr(m, "_labels", {}).get(comp.name)
+    fn = registry(m)["labels"].get(comp.name)
     if fn is None:
         return None
     idx = con.index()
@@ -118,7 +129,7 @@ def fits(con) -> bool:
 def complete(m) -> bool:
     """Set the auxiliary variables of every family at the current point; True when every
     variable of the model then has a value (the point is fully determined)."""
-    for fill in getattr(m, "_completions", []):
+    for fill in registry(m)["completions"]:
         fill(m)
     return all(v.value is not None for v in m.component_data_objects(pyo.Var, active=True))
 

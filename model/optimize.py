@@ -56,6 +56,7 @@ class Result:
     infeasible_reasons: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     sensitivity: Sensitivity | None = None
+    capped_by: list[str] = field(default_factory=list)   # limits that one more GPU batch (or a larger g) would break
     expert_setup: ExpertSetup | None = None         # expert-aware features in effect (None: the core model)
     expert_decision: Decision | None = None
 
@@ -249,6 +250,7 @@ def _report(sc: Scenario, data: ModelData, bounds, g: int, N: int, lp, lp_res, s
                  resolve=lp_res if lp_res is not solve else None, bounds=bounds, build_s=build_s,
                  expert_setup=data.experts, expert_decision=data.expert_decision)
     res.binding_bounds = _binding(bounds, g, N)
+    res.capped_by = capping_limits(data, g, N, sc, opts) if want_sensitivity else []
     res.notes = notes + _expected_traffic_notes(data)
     if want_sensitivity:
         res.sensitivity = compute_sensitivity(sc, data, g, N)
@@ -561,6 +563,42 @@ def _integer_percents_at(data: ModelData, g: int, N: int, solver: str, opts):
     return six, evaluation(point, data.fixed_at(g, N), g, N).throughput_tokens_per_s
 
 
+def capping_limits(data: ModelData, g: int, N: int, sc: Scenario, opts) -> list[str]:
+    """The limits that decide the batch sizes: one more GPU batch ``(g, N+1)`` (or ``(g+1, N)``) does
+    not fit, and would if that limit alone were lifted. An LP dual cannot see these (at the chosen
+    ``(g, N)`` the limit may have slack); they are what the integer choice ran into."""
+    out = []
+    for g2, N2 in ((g, N + 1), (g + 1, N)):
+        if g2 > data.g_hi or N2 > data.N_hi:
+            continue   # beyond the search bounds: reported as a binding bound instead
+        m = build_model(data.fixed_at(g2, N2))
+        if _fixed_fits(m, sc, opts):
+            continue
+        by_field: dict[str, list] = {}
+        for lim in limits(m):
+            by_field.setdefault(lim.field, []).append(lim)
+        for fld, group in by_field.items():
+            for lim in group:
+                lim.constraint.deactivate()
+            if _fixed_fits(m, sc, opts):
+                what = f"{group[0].group} ({'one more GPU batch' if N2 > N else 'a larger GPU batch size'} "\
+                       f"would break it)"
+                if what not in out and not any(o.startswith(group[0].group) for o in out):
+                    out.append(what)
+            for lim in group:
+                lim.constraint.activate()
+    return out
+
+
+def _fixed_fits(m, sc: Scenario, opts) -> bool:
+    r = solvers.solve(m, sc.solver.name, is_mip=_has_integers(m), **opts)
+    if not (r.has_solution and r.termination == "optimal"):
+        return False
+    clean_point(m)
+    complete(m)
+    return not check(m)
+
+
 def _field_range(path: str) -> tuple[float | None, float | None]:
     """The validator's (lowest positive, highest) accepted value of a dotted scenario field."""
     import dataclasses as dc
@@ -612,7 +650,8 @@ def explain_infeasible(data: ModelData) -> list[str]:
     sc = data.scenario
     m = build_model(data)
     groups: dict[str, object] = {}
-    for lim in limits(m):
+    # requirements (a latency limit) before resources (memory): a requirement that cannot be met is the news
+    for lim in sorted(limits(m), key=lambda lim: lim.field.startswith("hardware.")):
         groups.setdefault(lim.field, lim)
     lines = []
     for fld, lim in groups.items():

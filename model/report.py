@@ -99,6 +99,27 @@ def _experts_text(res: Result) -> list[str]:
     return lines + [""]
 
 
+def family_settings(res: Result) -> dict[str, Any]:
+    """The scenario keys that the constraint families declare (model.keys), with their values."""
+    from .keys import family_keys
+
+    out = {}
+    for k in family_keys():
+        node = res.scenario
+        for part in k.path.split("."):
+            node = getattr(node, part, None)
+        out[k.path] = node
+    return out
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.1f} s"
+
+
 def to_json(res: Result) -> dict[str, Any]:
     """The ``--json`` object."""
     sc = res.scenario
@@ -116,6 +137,9 @@ def to_json(res: Result) -> dict[str, Any]:
         out["model"] = {**out["model"], "moe_layers": sorted(moved),
                         "expected_experts_moved_per_layer": [moved[layer] for layer in sorted(moved)]}
     out["experts"] = experts_settings(res)
+    out["family_settings"] = family_settings(res)
+    if res.evaluation is not None:
+        out["block_time_s"] = res.evaluation.total_s   # every request's latency: a block finishes together
     if res.gpu_batch_size is not None:
         out["policy"] = {
             "gpu_batch_size": res.gpu_batch_size,
@@ -136,6 +160,7 @@ def to_json(res: Result) -> dict[str, Any]:
             "prefill_layer_total": ev.prefill_layer_s,
             "decode_layer_total": ev.decode_layer_s,
             "bottleneck": dict(ev.bottleneck),
+            "block": ev.total_s,
             "layer_groups": [
                 {"name": gt.name, "count": gt.count, "prefill_layer": dict(gt.layer_time_s["prefill"]),
                  "decode_layer": dict(gt.layer_time_s["decode"]), "prefill_layer_total": gt.prefill_layer_s,
@@ -168,7 +193,8 @@ def to_json(res: Result) -> dict[str, Any]:
         sn = res.sensitivity
         out["sensitivity"] = {"tokens_per_s_per_gib": dict(sn.tokens_per_s_per_gib),
                               "tokens_per_s_per_gib_per_s": dict(sn.tokens_per_s_per_gib_per_s),
-                              "binding_constraints": list(sn.binding), "note": sn.note}
+                              "binding_constraints": list(sn.binding), "capped_by": list(res.capped_by),
+                              "per_field": dict(sn.per_field), "note": sn.note}
     flags = flexllmgen_flags(res)
     out["flexllmgen"] = None if flags is None else {
         "gpu_batch_size": res.gpu_batch_size, "num_gpu_batches": res.flexllmgen_num_gpu_batches,
@@ -220,6 +246,10 @@ def to_text(res: Result) -> str:
             f"Throughput  {ev.throughput_tokens_per_s:.4f} generated tokens/s",
             f"Time        prefill {ev.prefill_total_s:.4f} s + decode {ev.decode_total_s:.4f} s "
             f"= {ev.total_s:.4f} s per block",
+            f"Latency     first results after {_duration(ev.total_s)}: every sequence of the block of "
+            f"{res.block_size:,} finishes together" + (
+                f" (limit {_duration(res.scenario.workload.max_block_time_s)})"
+                if getattr(res.scenario.workload, "max_block_time_s", None) else ""),
             "",
             "Per layer (s)   " + "".join(f"{c:>11}" for c in COMPONENTS) + "      layer  bottleneck",
         ]
@@ -254,6 +284,8 @@ def to_text(res: Result) -> str:
         sn = res.sensitivity
         mem = ", ".join(f"{_LABEL[d]} {v:+.4g}" for d, v in sn.tokens_per_s_per_gib.items())
         lines.append(f"Limits      binding: {', '.join(_compact(sn.binding, res)) if sn.binding else 'none'}")
+        if res.capped_by:
+            lines.append(f"            the batch sizes are capped by: {'; '.join(res.capped_by)}")
         lines.append(f"            tokens/s per extra GiB: {mem}")
         links = [(k.split('.', 1)[1] + (' (memory)' if k.startswith('memory') else ''), v)
                  for k, v in sn.tokens_per_s_per_gib_per_s.items()]

@@ -141,7 +141,8 @@ def sensitivity(sc, data: ModelData, g: int, N: int) -> Sensitivity:
                 binding.append(words)
     per_field = {}
     for path, value in priced_fields(sc, lp).items():
-        bumped_sc = _bumped(sc, path, value * (1 + _EPS))
+        step = _EPS * value if value else _EPS
+        bumped_sc = _bumped(sc, path, value + step)
         acc = build_accounting(bumped_sc)
         if data.expert_decision is not None:
             acc = specialize(acc, ExpertSetup.from_scenario(bumped_sc), data.expert_decision, g * N)
@@ -151,7 +152,7 @@ def sensitivity(sc, data: ModelData, g: int, N: int) -> Sensitivity:
             capacity_gib={d: getattr(hw.memory_gib, d) for d in ("gpu", "cpu", "disk")})
         other = build_model(bumped)
         _load_point(lp, other)
-        d_obj = (pyo.value(other.objective.time_per_seq_s) - t) / (_EPS * value)
+        d_obj = (pyo.value(other.objective.time_per_seq_s) - t) / step
         dt = d_obj
         other_rows = _rows(other)
         for con, y in duals.items():
@@ -161,7 +162,7 @@ def sensitivity(sc, data: ModelData, g: int, N: int) -> Sensitivity:
             side, o_side = _active_side(con, y), _active_side(o, y)
             before = pyo.value(con.body) - pyo.value(side)
             after = pyo.value(o.body) - pyo.value(o_side)
-            dt += -y * (after - before) / (_EPS * value)
+            dt += -y * (after - before) / step
         per_field[path] = to_tput * dt
     clean = lambda v: v if abs(v) > 1e-15 else 0.0  # noqa: E731 - no "-0.0"
     per_gib = {d: clean(per_field.get(f"hardware.memory_gib.{d}", 0.0)) for d in ("gpu", "cpu", "disk")}

@@ -83,6 +83,12 @@ HF_ID_KEYS = ("_source", "_name_or_path")   # where a config.json records its Hu
 FLEXLLMGEN_COMPRESSION = (4, 64)            # --compress-weight: FlexLLMGen's 4-bit, group-64 quantization
 
 
+def _family_keys():
+    from model.keys import family_keys
+
+    return family_keys()
+
+
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="python -m runners.solve",
                 description="Find the throughput-optimal offloading policy for a MoE model (or evaluate one).",
@@ -116,6 +122,22 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--routing", metavar="FILE",
                    help="routing trace (.csv or .jsonl of per-token expert choices, scenarios/traces/README.md): "
                         "per-layer expert probabilities are counted from it")
+    keys = [k for k in _family_keys() if k.flag]
+    if keys:
+        g = p.add_argument_group("constraint families (their own scenario keys)")
+        for k in keys:
+            kind = k.type if k.type in (int, float, str) else next(
+                (t for t in getattr(k.type, "__args__", ()) if t in (int, float, str)), str)
+            g.add_argument(k.flag, type=kind, metavar=k.metavar or "X", choices=k.choices,
+                           help=f"{k.doc} (scenario key {k.path})")
+    g = p.add_argument_group("any scenario field")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any scenario field by its dotted path, e.g. --set hardware.alpha.gpu=0.9 "
+                        "(repeatable; the value is read as YAML; relative paths from the working directory)")
+    g.add_argument("--model", metavar="ID_OR_CONFIG",
+                   help="replace the scenario's model by a shipped config (a Hugging Face id such as "
+                        "mistralai/Mixtral-8x7B-Instruct-v0.1; base and instruct variants share one) or a "
+                        "config.json path, with exact accounting")
     g = p.add_argument_group("solver")
     g.add_argument("--solver", metavar="NAME", help="MIP solver (default: highs)")
     g.add_argument("--time-limit", type=float, metavar="S", help="solver time limit, seconds")
@@ -148,12 +170,58 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def family_flags() -> dict[str, tuple[str, str]]:
+    """Flags that the constraint families declare with their scenario keys (model.keys)."""
+    from model.keys import family_keys
+
+    return {k.flag.lstrip("-").replace("-", "_"): (k.flag, k.path) for k in family_keys() if k.flag}
+
+
+def all_flag_fields() -> dict[str, tuple[str, str]]:
+    return {**FLAG_FIELDS, **family_flags()}
+
+
+def parse_sets(items: list[str]) -> dict:
+    """``--set dotted.key=value`` pairs (the value read as YAML: numbers, lists, true/false, null).
+    Relative paths in path fields resolve against the working directory."""
+    from model.scenario import PATH_FIELDS, is_preset_path
+
+    out = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key or any(not part.isidentifier() for part in key.split(".")):
+            raise InputError("--set", item, "expected dotted.key=value, e.g. --set workload.gen_len=64")
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise InputError(f"--set {key}", text, "the value is not valid YAML") from None
+        if key in PATH_FIELDS and isinstance(value, str) and value.strip() and (
+                key != "hardware.preset" or is_preset_path(value)):
+            value = str(Path(value).expanduser().resolve())
+        if key in out:
+            raise InputError("--set", key, "given twice")
+        out[key] = value
+    return out
+
+
 def overrides_from(args) -> dict:
     out = {}
-    for attr, (_flag, field) in FLAG_FIELDS.items():
+    if args.model is not None:
+        from model.hf_config import resolve_model
+
+        out["model"] = {"hf_config": str(resolve_model(args.model)), "accounting": "exact"}
+    sets = parse_sets(args.set or [])
+    for attr, (flag, field) in all_flag_fields().items():
         value = getattr(args, attr)
         if value is not None:
+            if field in sets:
+                raise InputError(flag, value, f"is also given as --set {field}: give one of them")
             out[field] = list(value) if isinstance(value, list) else value
+    for key in sets:
+        if args.model is not None and (key == "model" or key.startswith("model.hf_config")):
+            raise InputError("--model", args.model, f"is also given as --set {key}: give one of them")
+    out.update(sets)
     if args.compress_w:
         out["model.compress_weights"] = True
     if args.routing is not None:
@@ -163,7 +231,7 @@ def overrides_from(args) -> dict:
 
 
 def _flag_for(field: str) -> str:
-    for flag, fld in FLAG_FIELDS.values():
+    for flag, fld in all_flag_fields().values():
         if field.startswith(fld):
             return f"{flag} ({field})"
     return field

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pyomo.environ as pyo
 
-from ..limits import completion, limit
+from ..limits import completion, limit, registry
 from .cost import MIB_PER_GIB
 
 _LABEL = {"gpu": "GPU", "cpu": "CPU", "disk": "disk"}
@@ -74,7 +74,7 @@ def _memory_limit(m, data, dev, phase, row, home, working_peak) -> None:
 
 def _parts(m, dev, phase) -> dict[str, float]:
     """Home memory split into resident weights and the rest (KV cache, activations), GiB."""
-    data = m._data
+    data = registry(m)["data"]
     acc = data.accounting
     mt = acc.memory[dev, phase]
     b = 1.0 / pyo.value(m.batching.per_block)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import pyomo.environ as pyo
 
+from ..limits import registry
 from ..terms import Affine, Quantity
 from .batching import value_at_batch_size
 
@@ -65,15 +66,11 @@ def contribute(m, key: tuple, expr) -> None:
     """
     if hasattr(m, "cost"):
         raise RuntimeError("contribute() after the cost family built the ledger: register the family before cost")
-    ledger = getattr(m, "_ledger", None)
-    if ledger is None:
-        ledger = {}
-        object.__setattr__(m, "_ledger", ledger)
-    ledger.setdefault(key, []).append(expr)
+    registry(m)["ledger"].setdefault(key, []).append(expr)
 
 
 def _extra(m, key):
-    return sum(getattr(m, "_ledger", {}).get(key, []))
+    return sum(registry(m)["ledger"].get(key, []))
 
 
 def add(m, data) -> None:
