@@ -651,7 +651,7 @@ def explain_infeasible(data: ModelData) -> list[str]:
     m = build_model(data)
     groups: dict[str, object] = {}
     # requirements (a latency limit) before resources (memory): a requirement that cannot be met is the news
-    for lim in sorted(limits(m), key=lambda lim: lim.field.startswith("hardware.")):
+    for lim in sorted(limits(m), key=lambda lim: lim.family == "capacity"):
         groups.setdefault(lim.field, lim)
     lines = []
     for fld, lim in groups.items():
