@@ -1,4 +1,4 @@
-"""Search bounds from physics (DESIGN.md section 2.4), and the obvious infeasibilities.
+"""Search bounds from physics (docs/model.md section 4.3), and the obvious infeasibilities.
 
 Every memory quantity is ``W*block(p) + b*seq(p) + g*micro(p) <= alpha*C`` with
 ``b = g*N >= g >= 1``. Replacing each part by its minimum over all placements

@@ -1,4 +1,4 @@
-"""Every reported figure of a policy, read from the one Pyomo model (docs/model.md section 6).
+"""Every reported figure of a policy, read from the one Pyomo model (docs/model.md section 2.3).
 
 A policy with its batch sizes fixed is the fixed-(g, N) model of :func:`model.build.build_model`
 (every family, the same rows as the MILP). Its figures are that model's expressions at the

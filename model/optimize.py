@@ -5,7 +5,7 @@
     print(result.throughput_tokens_per_s, result.gpu_batch_size, result.num_gpu_batches)
 
 :func:`optimize` solves one MILP over ``(g, N)`` and the placement, then fixes
-``g`` and ``N`` and re-solves the LP (DESIGN.md section 2.6); the reported figures
+``g`` and ``N`` and re-solves the LP (docs/model.md section 8.3); the reported figures
 are that LP's, re-evaluated straight from the formulas. It refuses to report
 when the LP is infeasible or disagrees with the MILP beyond the gap.
 With ``g``, ``N`` and all percents fixed, it evaluates that policy instead.
@@ -420,7 +420,7 @@ def _resolve_with_repair(data: ModelData, g: int, N: int, sc: Scenario, opts):
     """Re-solve the LP at the MILP's (g, N); if that is infeasible in exact arithmetic, repair.
 
     A binary expansion multiplies the solver's integrality and feasibility tolerances
-    by up to 2^k (DESIGN.md 2.5), and some solvers (glpsol) do not let us tighten them,
+    by up to 2^k (docs/model.md section 7), and some solvers (glpsol) do not let us tighten them,
     so the MILP may return an (g, N) that is infeasible by a hair. Feasibility is
     monotone in g and in N (every memory term grows with g and b), so bisection finds
     the largest g' <= g that fits with N_lo (when g itself does not), then the largest
@@ -485,7 +485,7 @@ def _solve_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
 
 
 def _check_agreement(milp, lp, gap: float, g: int, N: int) -> None:
-    """The fixed-(g, N) LP must reproduce the MILP's objective within the gap (DESIGN.md 2.6)."""
+    """The fixed-(g, N) LP must reproduce the MILP's objective within the gap (docs/model.md section 8.3)."""
     tol = max(gap, 1e-6) + 1e-7
     if lp.objective > milp.objective * (1 + tol):
         raise SolverError(f"fixed-(g={g}, N={N}) LP time {lp.objective:.9g} is worse than the MILP's "

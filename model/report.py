@@ -1,4 +1,4 @@
-"""Turn a :class:`~model.optimize.Result` into the JSON contract (DESIGN.md section 4) or a text report."""
+"""Turn a :class:`~model.optimize.Result` into the JSON contract (docs/model.md section 13) or a text report."""
 
 from __future__ import annotations
 

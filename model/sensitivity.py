@@ -1,7 +1,7 @@
 """What limits a policy: binding constraints and the marginal value of each resource.
 
 From the fixed-(g, N) LP (the re-solve after the MILP), solved for its duals, and derived
-for every family without knowing any of them (docs/model.md section 7):
+for every family without knowing any of them (docs/model.md section 9):
 
 * binding constraints: every row with a nonzero dual that a family labelled or registered as a
   limit (:mod:`model.limits`), in plain words ("GPU memory (prefill)", "prefill layer time set

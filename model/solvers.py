@@ -6,7 +6,7 @@ any) into the model and reports termination, objective, best bound, gap, wall
 time, and solver name and version. Unknown or missing solvers raise
 :class:`InputError` naming the solver and how to install it.
 
-Tolerances are part of the formulation (DESIGN.md section 2.5): the binary
+Tolerances are part of the formulation (docs/model.md section 7): the binary
 expansions multiply feasibility errors by up to 2^k, so every solver runs with
 feasibility and integrality tolerances of about 1e-9.
 """

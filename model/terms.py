@@ -12,7 +12,7 @@ GiB) is, for block size ``b = g*N``, GPU batch size ``g`` and placement fraction
 ``block`` is linear in the weights fractions; the other three are affine in the cache
 and activation fractions. Keeping weights out of the per-sequence terms, and cache
 and activations out of the per-block term, is what makes the per-sequence MILP exact
-(DESIGN.md section 2): divided by ``b`` every term is linear in the model's variables.
+(docs/model.md section 4.1): divided by ``b`` every term is linear in the model's variables.
 
 Layers come in groups of identical layers (:class:`LayerGroup`), each with its own
 per-layer times. Memory per device and phase is ``home + max over groups of that

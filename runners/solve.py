@@ -10,7 +10,7 @@ fixed policy still optimizes those decisions.
 Output (stdout):
 
     --format text    the readable report (the default)
-    --format json    one JSON object, model.report.to_json (DESIGN.md section 4); --json is the same
+    --format json    one JSON object, model.report.to_json (docs/model.md section 13); --json is the same
     --format yaml    the same object as YAML (yaml.safe_dump, keys in the JSON's order)
     --flexllmgen     instead of a report, one FlexLLMGen command line that runs the policy:
                      python -m MODULE --model ID --path DIR --prompt-len S --gen-len N
@@ -145,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, metavar="N", help="solver threads")
     g = p.add_argument_group("output")
     g.add_argument("--format", choices=FORMATS, default=None,
-                   help="text: the readable report (default); json: one JSON object (DESIGN.md section 4); "
+                   help="text: the readable report (default); json: one JSON object (docs/model.md section 13); "
                         "yaml: the same object as YAML")
     g.add_argument("--json", action="store_true", help="the same as --format json")
     g.add_argument("--flexllmgen", action="store_true",

@@ -1,6 +1,6 @@
 """A tiny Mixtral-style scenario (flexllmgen accounting) for the expert-aware tests.
 
-Hand numbers (flexllmgen accounting, DESIGN.md section 3a), h1 = 256, h2 = 512, E experts:
+Hand numbers (flexllmgen accounting, docs/model.md section 3.2), h1 = 256, h2 = 512, E experts:
 
     one expert          W_e = 2 * 3 * h1 * h2 bytes = 786,432 bytes = 0.000732421875 GiB
     on the CPU          F   = 2 FLOPs per weight = 6 * h1 * h2 = 786,432 FLOPs per token

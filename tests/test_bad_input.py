@@ -1,4 +1,4 @@
-"""The bad-input contract of ``python -m runners.solve`` (DESIGN.md section 4).
+"""The bad-input contract of ``python -m runners.solve`` (docs/model.md section 13).
 
 Every bad input -- a scenario file that is missing, empty, malformed or
 invalid, or a bad command-line flag -- must give

@@ -1,4 +1,4 @@
-"""The command-line, JSON and report contract of ``python -m runners.solve`` (DESIGN.md section 4).
+"""The command-line, JSON and report contract of ``python -m runners.solve`` (docs/model.md section 13).
 
 Each command runs once, in a subprocess, from a module-scoped fixture that starts
 them all together; the tests read the stored outputs.
@@ -99,7 +99,7 @@ def is_int(x) -> bool:
 
 # --------------------------------------------------------------------------- the JSON object
 def check_json_shape(out: dict) -> None:
-    """Every key of DESIGN.md section 4, with its type."""
+    """Every key of docs/model.md section 13.2, with its type."""
     assert isinstance(out["status"], str) and out["status"]
     assert is_number(out["throughput_tokens_per_s"]) and out["throughput_tokens_per_s"] > 0
 

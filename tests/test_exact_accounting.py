@@ -1,4 +1,4 @@
-"""accounting: exact, checked against hand calculations from the architecture (DESIGN.md section 3)."""
+"""accounting: exact, checked against hand calculations from the architecture (docs/model.md section 3)."""
 
 from __future__ import annotations
 

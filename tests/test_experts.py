@@ -290,7 +290,7 @@ def test_features_that_cannot_help_at_large_blocks_change_nothing(t4):
 
 
 def test_evaluating_a_fixed_policy_with_expected_traffic(t4):
-    """DESIGN 3a's fixed policy (11.117593 tokens/s) is unchanged by expected traffic at b = 1,856."""
+    """docs/model.md 3.2.7's fixed policy (11.117593 tokens/s) is unchanged by expected traffic at b = 1,856."""
     from model.scenario import override
 
     sc = override(t4, {"experts": {"expert_traffic": "expected"}})

@@ -1,4 +1,4 @@
-"""Instances whose optimum is worked out by hand from the reference formulas (DESIGN.md 3a)."""
+"""Instances whose optimum is worked out by hand from the reference formulas (docs/model.md 3.2)."""
 
 from __future__ import annotations
 

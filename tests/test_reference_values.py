@@ -57,7 +57,7 @@ def test_optimize_refuses_infeasible_fixed_policy():
 
 
 def test_reference_weight_total():
-    """The reference counts 86.25 GiB of fp16 weights for Mixtral-8x7B (DESIGN.md section 3)."""
+    """The reference counts 86.25 GiB of fp16 weights for Mixtral-8x7B (docs/model.md section 3)."""
     res = evaluate_policy(t4_with(512, 32, 16, 200, 1500), 1, 1, (0, 100, 0, 100, 0, 100))
     # wi = 4*h1^2 + 2*h1*kv + 2*(h1*E + E*3*h1*h2) + 2*h1 bytes per layer, 32 layers
     h1, h2, kv, E = 4096, 14336, 1024, 8

@@ -1,7 +1,7 @@
 """Accounting modes: how bytes and FLOPs are counted. Each returns a :class:`~model.terms.Accounting`.
 
 ``exact`` (the default) follows the architecture; ``flexllmgen`` reproduces the
-original script, quirks included (DESIGN.md section 3).
+original script, quirks included (docs/model.md section 3).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``accounting: exact``: bytes and FLOPs that follow the architecture (DESIGN.md section 3).
+"""``accounting: exact``: bytes and FLOPs that follow the architecture (docs/model.md section 3).
 
 Item by item against the reference (``flexllmgen``), for each layer group:
 
@@ -30,7 +30,7 @@ Item by item against the reference (``flexllmgen``), for each layer group:
   them); the LM head's matmul (``2*h1*vocab`` FLOPs per generated token, and per
   sequence for the last prompt token) is its own one-layer group ``lm_head``.
 
-Kept from the reference on purpose: the overlap structure (DESIGN.md section 1),
+Kept from the reference on purpose: the overlap structure (docs/model.md section 1.2),
 all routed experts' weights moving in every layer (expert-aware traffic is a
 separate feature), activations never on disk, the weight-staging buffers
 (``2*W*(1-wg)`` on the GPU, ``W*(1-wg)`` on the CPU in prefill), and the decode disk
@@ -133,7 +133,7 @@ def _weights_read(arch: Architecture, group: ArchGroup):
 
     Attention and the always-active MLP parts are read in full; a routed expert is
     read if at least one of the ``t`` tokens picks it: ``sum_e 1 - (1 - q_e)^t``
-    experts in expectation (DESIGN.md section 3).
+    experts in expectation (docs/model.md section 3).
     """
     mlp, h1 = group.mlp, arch.hidden_size
     fixed = FP16 * (attention_params(arch) + _mlp_active_matrix_params(arch, group)

@@ -1,7 +1,7 @@
 """``accounting: flexllmgen``: the original ``mixtral_cost_model.py`` formulas, quirks included.
 
-Restated in DESIGN.md section 3a and checked there against the original script's
-outputs. Quirks kept on purpose (DESIGN.md section 3): attention weights counted
+Restated in docs/model.md section 3.2 and checked there against the original script's
+outputs. Quirks kept on purpose (docs/model.md section 3): attention weights counted
 as elements-as-bytes, all experts' weights and FLOPs, MHA-sized (``h1``) decode
 cache buffers, expert working memory in elements, and the fitted CPU attention
 efficiency. ``compress_weights`` divides weight bytes by 4, as the reference does.
@@ -82,7 +82,7 @@ def build(sc: Scenario) -> Accounting:
     comp.sequence.add(4 * (s + n / 2) * h1 / (fl.gpu_bmm_decode * TERA), "cache", "gpu")
     comp.cpu_attention.add(4 * (s + n / 2) * h1 / (fl.cpu * TERA), "cache", *off_gpu)
 
-    # ---- memory (GiB): home + working (DESIGN.md 3a) ------------------------
+    # ---- memory (GiB): home + working (docs/model.md 3.2) ------------------------
     M = {key: MemoryTerms(working={GROUP: Quantity()}) for key in MEMORY_KEYS}
     for phase, act_bytes in (("prefill", 2 * s * h1), ("decode", 2 * h1)):
         home = M["gpu", phase].home                                      # gpu_home
@@ -139,7 +139,7 @@ def build(sc: Scenario) -> Accounting:
         routing_probability=routing,
         efficiency=lambda g: cpu_attention_efficiency(g, h1, eff.c1, eff.c2, eff.c3),
         allowed=allowed,
-        notes=("flexllmgen accounting: the original script's byte/FLOP counts (DESIGN.md section 3)",),
+        notes=("flexllmgen accounting: the original script's byte/FLOP counts (docs/model.md section 3)",),
         prompt_len=s,
         expert_groups=(ExpertGroup(name=GROUP, layers=tuple(range(l)), routing=routing,
                                    expert_weights_gib=tuple(gib(expert_bytes) / shrink for _ in range(E)),

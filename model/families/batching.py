@@ -1,6 +1,6 @@
 """Batching: GPU batch size g and number of GPU batches N as exact integer decisions.
 
-Every quantity is divided by the block size ``b = g*N`` (DESIGN.md section 2.1), so
+Every quantity is divided by the block size ``b = g*N`` (docs/model.md section 4.1), so
 the model needs three reciprocals and a few products, made exact with bits:
 
     per_block       u = 1/b            (weights terms, capacities)

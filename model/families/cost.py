@@ -12,7 +12,7 @@ A quantity ``Q = W*block + b*sequence + g*microbatch + b*eff(g)*cpu_attention``
     Q / b = W * sum_d c_d p[weights,d]/b + sequence(p)
             + microbatch(p / N) + cpu_attention(eff(g) p) + sum_f f(g)
 
-and every ledger entry is (docs/model.md section 5.4)
+and every ledger entry is (docs/model.md sections 5.4 and 5.9.1)
 
     layer_time_per_seq_us[G, phase, c] = 1e6 * time[G, phase, c] / b + sum of contributions
     <dev>_home_per_seq_mib[phase]      = 1024 * home[dev, phase] / b  + sum of contributions

@@ -1,5 +1,5 @@
 """Latency: every sequence of a block finishes when the block does, so the block time is each
-request's latency; ``workload.max_block_time_s`` caps it (docs/model.md section 5.8).
+request's latency; ``workload.max_block_time_s`` caps it (docs/model.md section 5.9.2).
 
     T_block = b * t <= L      per sequence:      t <= L * u,   u = 1/b
 

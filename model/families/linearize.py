@@ -7,7 +7,7 @@ For ``w = z * x`` with ``z`` binary and ``0 <= x <= U`` (and ``x <= U_z`` whenev
     w >= x - U * (1 - z)  (z = 1: w >= x, so w = x; z = 0: vacuous since x <= U)
     w >= 0                (the variable's bound)
 
-exact at every integer ``z`` (docs/model.md section 4.2); the relaxation is the convex hull of
+exact at every integer ``z`` (docs/model.md section 6.6); the relaxation is the convex hull of
 the two cases when ``U_z = U``. ``binary`` may be any expression that takes only the values 0
 and 1 at integer points (e.g. ``pin + cpu`` with ``pin + cpu <= 1``).
 """

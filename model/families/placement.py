@@ -1,8 +1,8 @@
-"""Placement: where each tensor kind lives (DESIGN.md section 1, ``p[k, d]``).
+"""Placement: where each tensor kind lives (docs/model.md section 1.1, ``p[k, d]``).
 
 Cache and activation fractions are ordinary variables in [0, 1]. Weights enter the
 per-sequence model only divided by the block size, as ``weights_per_seq[d] =
-p[weights, d] / b`` (DESIGN.md section 2.1); their sum-to-one constraint needs
+p[weights, d] / b`` (docs/model.md section 4.1); their sum-to-one constraint needs
 ``1/b`` and so lives in the batching family. With the batch sizes fixed (the LP
 re-solve), the weights fraction itself is the variable: values of order ``1/b``
 would sit at the scale of a solver's absolute tolerances.

@@ -1,4 +1,4 @@
-"""Timing: transfers overlap with compute, per layer, per sequence (docs/model.md section 5.6).
+"""Timing: transfers overlap with compute, per layer, per sequence (docs/model.md section 5.7).
 
     T_prefill = max(ctog + dtoc, gtoc + ctod, comp)
     T_decode  = ctog + max(gtoc, dtoc, ctod, comp)
