@@ -36,6 +36,13 @@ class ModelData:
     expert_decision: Decision | None = None              # fixed: the accounting is specialized instead
     scenario: object = None                              # the validated Scenario: families read their KEYS here
 
+    def setting(self, path: str):
+        """A scenario value by its dotted path (a family's own key), or None without a scenario."""
+        node = self.scenario
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        return node
+
     def fixed_at(self, g: int, N: int) -> "ModelData":
         """The data of the fixed-(g, N) model. With a fixed expert decision, the accounting is
         specialized to it at ``b = g*N`` (an ordinary LP); without one, the expert family keeps

@@ -25,22 +25,15 @@ def test_readme_api_example_runs():
     assert "evaluated 11.117593" in out.stdout
 
 
-def test_readme_constraint_family_example_builds_and_binds(t4):
-    """The 'Adding a constraint family' example is valid code that changes the answer when tight."""
+def test_readme_constraint_family_example_is_the_shipped_latency_family():
+    """The 'Adding a constraint family' example is the code of model/families/latency.py (after its
+    docstring), so the worked example cannot drift from what runs; the family's figures are checked in
+    tests/test_latency.py and its one-line registration in tests/test_family_extension.py."""
     block = [b for b in _python_blocks() if "def add(m, data)" in b][0]
-    ns: dict = {}
-    exec(block, ns)
-    from model import build
-    from model.optimize import optimize
-
-    free = optimize(t4)
-    saved = list(build.FAMILIES)
-    try:
-        build.FAMILIES.insert(build.FAMILIES.index(build.cost.add) + 1, ns["add"])
-        capped = optimize(t4)
-    finally:
-        build.FAMILIES[:] = saved
-    ctog = capped.evaluation.layer_time_s["decode"]["ctog"]
-    assert ctog <= 0.2 * (1 + 1e-6)
-    assert free.evaluation.layer_time_s["decode"]["ctog"] > 0.2  # the cap really bites
-    assert capped.throughput_tokens_per_s <= free.throughput_tokens_per_s
+    shipped = (ROOT / "model" / "families" / "latency.py").read_text()
+    body = shipped.split('"""', 2)[2]      # after the module docstring
+    def code(text):
+        return [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith(("from __future__",))]
+    readme_code = [line for line in code(block) if not line.startswith(('"""', 'request', "import pyomo"))]
+    shipped_code = [line for line in code(body) if not line.startswith("import pyomo")]
+    assert readme_code == shipped_code

@@ -23,7 +23,7 @@ KEYS = [Key("workload.max_block_time_s", float | None, None, {"gt": 0, "le": 1e9
 
 def add(m, data) -> None:
     m.latency = blk = pyo.Block(doc="Block time (each request's latency) within workload.max_block_time_s")
-    cap = data.scenario.workload.max_block_time_s if data.scenario is not None else None
+    cap = data.setting("workload.max_block_time_s")
     if cap is None:
         return
     blk.max_block_time_s = pyo.Param(initialize=cap, mutable=True, doc="L: the longest a block may take, seconds")
