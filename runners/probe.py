@@ -13,7 +13,7 @@ library and its thread count, and the GPU.
 
 Each measurement runs once to warm up, then repeats until the spread of its repeats (their
 interquartile range over their median) is below a bound (10% with ``--quick``, 5% without) or
-its time budget is spent (1 s with ``--quick``, 8 s without); the value is the median of the
+its time budget is spent (0.8 s with ``--quick``, 8 s without); the value is the median of the
 repeats. A progress line per measurement goes to stderr.
 
 What is measured, and the preset key it becomes:
@@ -27,8 +27,8 @@ split over the usable cores)           ``KV bytes / this``)
 CPU copy (``numpy.copyto``, counted    none: stated in the file, and compared with an independent
 as bytes read + written)               copy by ``runners.bench --probe``
 expert GEMV: one token through an      ``tflops.cpu_gemv`` (a CPU expert's first routed token per
-``h1 x h2`` matrix (float32 and        step, ``model/experts.py`` ``cpu_expert_seconds``); the
-numpy's float16)                       faster dtype is used and named
+``h1 x h2`` matrix (float32; and      step, ``model/experts.py`` ``cpu_expert_seconds``); the
+numpy's float16 without ``--quick``)   faster dtype is used and named
 expert small GEMM: ``T`` tokens        ``tflops.cpu_gemm`` = the marginal rate
 (default 32) through the same matrix   ``(T - 1) * F / (time(T) - time(1))``: the cost model
                                        charges ``F / cpu_gemv`` for the first token and
@@ -124,10 +124,10 @@ class Settings:
     disk_bytes: int              # the disk file
     attn_groups: tuple[int, ...]  # micro-batch sizes g of the CPU attention
     attn_head_scales: tuple[int, ...]   # heads divided by these (1: the model's) for the c1/c3 fit
-    gemm_16bit: bool             # also time numpy float16 GEMM (slow: numpy's float16 matmul is not BLAS)
+    gemm_16bit: bool             # also time numpy float16 GEMV and GEMM (slow: numpy's float16 matmul is not BLAS)
 
 
-QUICK = Settings(True, 0.10, 1.0, 256 * MIB, 256 * MIB, (64, 8, 1), (1,), False)
+QUICK = Settings(True, 0.10, 0.8, 256 * MIB, 256 * MIB, (64, 4), (1,), False)
 FULL = Settings(False, 0.05, 8.0, 1024 * MIB, 2048 * MIB, (64, 16, 4, 1), (1, 2, 4), True)
 
 
@@ -318,20 +318,17 @@ def cpu_expert_matmuls(sh: Shapes, s: Settings, dtypes: tuple[str, ...] = ("floa
     rates: dict[str, dict[str, Any]] = {}
     out: list[Measured] = []
     for dname in dtypes:
+        if dname != "float32" and not s.gemm_16bit:
+            continue
         dt = np.dtype(dname).type
-        # numpy's float16 matmul is a plain loop (no BLAS): a quarter of the columns with --quick
-        cols = h2 // 4 if dname == "float16" and s.quick else h2
-        W = rng.standard_normal((h1, cols), dtype=np.float32).astype(dt, copy=False) * dt(0.01)
+        W = rng.random((h1, h2), dtype=np.float32).astype(dt, copy=False)
         x1 = np.ones((1, h1), dtype=dt)
         t1, k1, sp1, w1 = timed(lambda: x1 @ W, s)
-        gemv = Measured(f"CPU expert GEMV, {dname}", 2.0 * h1 * cols / t1 / TERA, "TFLOP/s",
-                        f"(1 x {h1}) @ ({h1} x {cols}) {dname}, numpy", k1, sp1, w1)
+        gemv = Measured(f"CPU expert GEMV, {dname}", F1 / t1 / TERA, "TFLOP/s",
+                        f"(1 x {h1}) @ ({h1} x {h2}) {dname}, numpy", k1, sp1, w1)
         out.append(gemv)
         progress(gemv)
         rates[dname] = {"gemv": gemv, "t1": t1}
-        if dname == "float16" and not s.gemm_16bit:
-            del W
-            continue
         xT = np.ones((T, h1), dtype=dt)
         tT, kT, spT, wT = timed(lambda: xT @ W, s)
         marginal = (T - 1) * F1 / (tT - t1) if tT > t1 else float("inf")
@@ -380,10 +377,10 @@ def cpu_attention(sh: Shapes, s: Settings, base_eff: dict[str, float]) -> tuple[
         grp = max(1, heads // kvh)
         heads = kvh * grp
         h1 = sh.hidden * heads / sh.heads
-        q = rng.standard_normal((ATTN_POOL, kvh, grp, sh.dk), dtype=np.float32)
-        k = rng.standard_normal((ATTN_POOL, kvh, ctx, sh.dk), dtype=np.float32)
+        q = rng.random((ATTN_POOL, kvh, grp, sh.dk), dtype=np.float32)
+        k = rng.random((ATTN_POOL, kvh, ctx, sh.dk), dtype=np.float32)
         if sh.separate_v:
-            v = rng.standard_normal((ATTN_POOL, kvh, ctx, sh.dv), dtype=np.float32)
+            v = rng.random((ATTN_POOL, kvh, ctx, sh.dv), dtype=np.float32)
         else:
             v = k[..., : sh.dv]           # MLA: the values are the latent part of the cached vector
         flops = ATTN_POOL * ctx * (2 * heads * sh.dk + 2 * heads * sh.dv)
@@ -736,7 +733,8 @@ def parse_args(argv):
                     help="Hugging Face config.json whose shapes are measured (default: Mixtral-8x7B, "
                          "scenarios/models/mixtral-8x7b.json)")
     ap.add_argument("--quick", action="store_true",
-                    help="smaller buffers, a looser spread bound (10%%) and 1 s per measurement: well under 30 s")
+                    help="smaller buffers, a looser spread bound (10%%), 0.8 s per measurement, float32 only, "
+                         "attention at g = 64 and 4 (fits c2 only): well under 30 s")
     ap.add_argument("--skip", default="", metavar="SECTIONS",
                     help="comma-separated sections not to measure: gpu, disk, cpu (taken from --base-preset)")
     ap.add_argument("--disk-path", metavar="DIR", default=".",
