@@ -53,7 +53,7 @@ def direct_figures(h1: int, h2: int, tokens: int, nbytes: int = 1 << 30) -> dict
 def probe_table(model_path=None) -> int:
     """Print the probe's CPU bandwidth and GEMM figures, the direct ones and their ratios."""
     sh = P.model_shapes(from_hf_config(model_path or P.DEFAULT_MODEL))
-    s = dataclasses.replace(P.FULL, gemm_16bit=False)
+    s = dataclasses.replace(P.FULL, gemv_16bit=False)
     host = P.host_info()
     threads = max(1, host["usable_cores"])
     ms = {m.label: m for m in P.cpu_stream(s, threads) + P.cpu_expert_matmuls(sh, s, ("float32",))}

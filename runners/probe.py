@@ -30,7 +30,7 @@ expert GEMV: one token through an      ``tflops.cpu_gemv`` (a CPU expert's first
 ``h1 x h2`` matrix (float32; and      step, ``model/experts.py`` ``cpu_expert_seconds``); the
 numpy's float16 without ``--quick``)   faster dtype is used and named
 expert small GEMM: ``T`` tokens        ``tflops.cpu_gemm`` = the marginal rate
-(default 32) through the same matrix   ``(T - 1) * F / (time(T) - time(1))``: the cost model
+(32) through the same matrix, float32  ``(T - 1) * F / (time(T) - time(1))``: the cost model
                                        charges ``F / cpu_gemv`` for the first token and
                                        ``F / cpu_gemm`` for each further one
 batched decode attention over a KV     ``tflops.cpu`` = the fitted rate at ``g >= 64``,
@@ -94,7 +94,7 @@ import numpy as np
 from model.architecture import Architecture, expert_params, kv_cache_elements_per_token_per_layer, layer_dense_params
 from model.errors import InputError, SolverError
 from model.hf_config import from_hf_config
-from model.scenario import Hardware, _with_preset, build
+from model.scenario import CpuEfficiency, Hardware, _with_preset, build
 from runners.cli import OneLineParser, add_debug_flag, main_guard, say
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +124,7 @@ class Settings:
     disk_bytes: int              # the disk file
     attn_groups: tuple[int, ...]  # micro-batch sizes g of the CPU attention
     attn_head_scales: tuple[int, ...]   # heads divided by these (1: the model's) for the c1/c3 fit
-    gemm_16bit: bool             # also time numpy float16 GEMV and GEMM (slow: numpy's float16 matmul is not BLAS)
+    gemv_16bit: bool             # also time numpy's float16 GEMV (slow: numpy's float16 matmul is not BLAS)
 
 
 QUICK = Settings(True, 0.10, 0.8, 256 * MIB, 256 * MIB, (64, 4), (1,), False)
@@ -318,7 +318,7 @@ def cpu_expert_matmuls(sh: Shapes, s: Settings, dtypes: tuple[str, ...] = ("floa
     rates: dict[str, dict[str, Any]] = {}
     out: list[Measured] = []
     for dname in dtypes:
-        if dname != "float32" and not s.gemm_16bit:
+        if dname != "float32" and not s.gemv_16bit:
             continue
         dt = np.dtype(dname).type
         W = rng.random((h1, h2), dtype=np.float32).astype(dt, copy=False)
@@ -329,6 +329,9 @@ def cpu_expert_matmuls(sh: Shapes, s: Settings, dtypes: tuple[str, ...] = ("floa
         out.append(gemv)
         progress(gemv)
         rates[dname] = {"gemv": gemv, "t1": t1}
+        if dname == "float16":      # numpy's float16 matmul is a plain loop: ~20 s per 32-token GEMM here
+            del W
+            continue
         xT = np.ones((T, h1), dtype=dt)
         tT, kT, spT, wT = timed(lambda: xT @ W, s)
         marginal = (T - 1) * F1 / (tT - t1) if tT > t1 else float("inf")
@@ -688,6 +691,9 @@ def compose(values: dict[str, tuple[float, str]], base: dict | None, base_name: 
                 out[dotted] = (v, c, True)
             elif base is not None and isinstance(base.get(section), dict) and k in base[section]:
                 out[dotted] = (base[section][k], f"from base preset {base_name}: not measured", False)
+            elif section == "cpu_efficiency":
+                default = getattr(CpuEfficiency(), k)
+                out[dotted] = (default, "the reference's fitted value (the scenario default): not measured", False)
     return out
 
 
@@ -842,7 +848,7 @@ def probe(args) -> dict[str, Any]:
     ms: list[Measured] = []
     fit = None
     gpu_info: dict[str, Any] = {}
-    base_eff = {"c1": 0.0168, "c2": 0.0328, "c3": 0.0621}   # the CpuEfficiency defaults (the reference's fit)
+    base_eff = {k: getattr(CpuEfficiency(), k) for k in ("c1", "c2", "c3")}   # the reference's fit
     if base is not None and isinstance(base.get("cpu_efficiency"), dict):
         base_eff.update({k: v for k, v in base["cpu_efficiency"].items() if k in base_eff})
     if "cpu" not in skip:
