@@ -529,8 +529,12 @@ def cuda_device():
     return torch
 
 
-def pcie_link() -> str | None:
-    """The first NVIDIA GPU's PCIe link from sysfs, e.g. ``PCIe 4.0 x16`` (None when unknown)."""
+def pcie_link(which: str = "current") -> str | None:
+    """The first NVIDIA GPU's PCIe link from sysfs, e.g. ``PCIe 4.0 x16`` (None when unknown).
+
+    ``which``: ``current`` (negotiated now; an idle GPU may have trained its link down, so read it
+    right after a transfer) or ``max`` (the device's maximum: an upper bound on the link).
+    """
     gens = {"2.5": "1.0", "5.0": "2.0", "8.0": "3.0", "16.0": "4.0", "32.0": "5.0", "64.0": "6.0"}
     with contextlib.suppress(OSError):
         for dev in sorted(Path("/sys/bus/pci/devices").iterdir()):
@@ -538,8 +542,8 @@ def pcie_link() -> str | None:
                 if (dev / "vendor").read_text().strip() != "0x10de" or \
                         not (dev / "class").read_text().strip().startswith("0x03"):
                     continue
-                speed = (dev / "current_link_speed").read_text().split()[0]
-                width = (dev / "current_link_width").read_text().strip()
+                speed = (dev / f"{which}_link_speed").read_text().split()[0]
+                width = (dev / f"{which}_link_width").read_text().strip()
             except OSError:
                 continue
             return f"PCIe {gens.get(speed, speed + ' GT/s')} x{width}"
@@ -547,10 +551,11 @@ def pcie_link() -> str | None:
 
 
 def gpu_rates(torch, sh: Shapes, s: Settings) -> tuple[list[Measured], dict[str, Any]]:
-    """The GPU section (needs torch with CUDA). Times with CUDA events."""
+    """The GPU section (needs torch with CUDA). Each repeat is timed between two
+    ``torch.cuda.synchronize()`` calls."""
     dev = torch.device("cuda", 0)
     props = torch.cuda.get_device_properties(dev)
-    info = {"gpu_name": props.name, "gpu_total_gib": props.total_memory / GIB, "host_link": pcie_link()}
+    info = {"gpu_name": props.name, "gpu_total_gib": props.total_memory / GIB, "host_link": None}
     sync = torch.cuda.synchronize
     out: list[Measured] = []
 
@@ -582,6 +587,8 @@ def gpu_rates(torch, sh: Shapes, s: Settings) -> tuple[list[Measured], dict[str,
         size = f"{nbytes / MIB:.0f} MiB" + (" (capped)" if h2d and layer < sh.layer_weight_bytes else "")
         measure(label, fn, nbytes / GIB, "GiB/s", f"pinned memory, {size}, one copy_", (key,),
                 {"bytes": nbytes})
+        if h2d:
+            info["host_link"] = pcie_link("current")     # read while the link is trained up
         del host, devbuf
     n = (256 * MIB if s.quick else 1024 * MIB) // 2
     a = torch.empty(n, dtype=torch.float16, device=dev)
@@ -620,7 +627,7 @@ def gpu_rates(torch, sh: Shapes, s: Settings) -> tuple[list[Measured], dict[str,
     chunks, chunk = [], 256 * MIB
     t0 = time.perf_counter()
     try:
-        while True:
+        while len(chunks) * chunk < props.total_memory:     # unified memory would not stop by itself
             chunks.append(torch.empty(chunk, dtype=torch.uint8, device=dev))
     except torch.cuda.OutOfMemoryError:
         pass
@@ -913,6 +920,7 @@ def probe(args) -> dict[str, Any]:
         "measurements": [{**{k: v for k, v in asdict(m).items() if k != "extra"}, "keys": list(m.keys),
                           "extra": m.extra} for m in ms],
         "preset": {k: {"value": v, "measured": meas, "note": c} for k, (v, c, meas) in entries.items()},
+        "preset_yaml": text,
     }
     if fit is not None:
         obj["cpu_attention_fit"] = {k: (v / TERA if k == "cpu" else v) for k, v in fit.items() if k != "measurements"}
