@@ -2,7 +2,7 @@
 
 The probe (``runners.probe``) measures CPU memory bandwidth and expert GEMV / GEMM rates with its
 own repeat-until-stable loop, threads and shapes. This runs those measurements (the full,
-non-``--quick`` settings; float32 only), then times the same operations directly, in the same
+non-``--quick`` settings; float32 and BLAS's own thread count only), then times the same operations directly, in the same
 run, with nothing of the probe's code: one large ``numpy.copyto`` and one ``max`` over 1 GiB
 (numpy's own threading), and the expert-shaped matmuls ``(1 x h1) @ (h1 x h2)`` and
 ``(T x h1) @ (h1 x h2)`` (BLAS), each the median of five calls after one warm-up. It prints both
@@ -56,16 +56,19 @@ def probe_table(model_path=None) -> int:
     s = dataclasses.replace(P.FULL, gemv_16bit=False)
     host = P.host_info()
     threads = max(1, host["usable_cores"])
-    ms = {m.label: m for m in P.cpu_stream(s, threads) + P.cpu_expert_matmuls(sh, s, ("float32",))}
+    blas_threads = host["blas_threads"] or 1      # the direct matmuls run with BLAS's own thread count
+    ms = {m.label: m for m in P.cpu_stream(s, threads)
+          + P.cpu_expert_matmuls(sh, s, ("float32",), (blas_threads,))}
     d = direct_figures(sh.hidden, sh.intermediate, P.GEMM_TOKENS)
-    gemm = ms["CPU expert small GEMM, float32"]
+    nth = f"{blas_threads} BLAS thread{'s' * (blas_threads > 1)}"
+    gemm = ms[f"CPU expert small GEMM, float32, {nth}"]
     rows = [
         ("CPU streaming read", "GiB/s", ms["CPU memory, streaming read"].value, d["read"],
          "numpy max over 1 GiB float64"),
         ("CPU copy (read + write)", "GiB/s", ms["CPU memory, copy"].value, d["copy"],
          "one numpy.copyto of 1 GiB float64"),
         (f"expert GEMV (1 x {sh.hidden} x {sh.intermediate})", "TFLOP/s",
-         ms["CPU expert GEMV, float32"].value, d["gemv"], "x @ W float32"),
+         ms[f"CPU expert GEMV, float32, {nth}"].value, d["gemv"], "x @ W float32"),
         (f"expert GEMM ({P.GEMM_TOKENS} x {sh.hidden} x {sh.intermediate}, total rate)", "TFLOP/s",
          gemm.extra["total_rate_tflops"], d["gemm"], "x @ W float32"),
     ]

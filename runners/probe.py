@@ -310,50 +310,66 @@ def cpu_stream(s: Settings, threads: int) -> list[Measured]:
     return out
 
 
-def cpu_expert_matmuls(sh: Shapes, s: Settings, dtypes: tuple[str, ...] = ("float32", "float16")) -> list[Measured]:
-    """GEMV (1 token) and small GEMM (``GEMM_TOKENS``) through one ``h1 x h2`` expert matrix."""
+def cpu_expert_matmuls(sh: Shapes, s: Settings, dtypes: tuple[str, ...] = ("float32", "float16"),
+                       thread_counts: tuple[int, ...] | None = None) -> list[Measured]:
+    """GEMV (1 token) and small GEMM (``GEMM_TOKENS``) through ``h1 x h2`` expert matrices.
+
+    The cost model's GEMV streams an expert's weights from DRAM, so the matrices are cycled
+    through a pool of at least ``s.stream_bytes`` (one Mixtral matrix is 224 MiB in float32; a
+    small expert's would otherwise be read from the caches). Each is timed with BLAS's own thread
+    count and with one thread (on a busy host BLAS's threads can wait for cores: a small GEMV was
+    20x slower with two threads than with one here); the fastest dtype and thread count of each
+    becomes its preset key."""
+    from threadpoolctl import threadpool_limits
+
     h1, h2, T = sh.hidden, sh.intermediate, GEMM_TOKENS
-    F1 = 2.0 * h1 * h2                     # FLOPs per token through the matrix
+    F1 = 2.0 * h1 * h2                     # FLOPs per token through one matrix
     rng = np.random.default_rng(0)
-    rates: dict[str, dict[str, Any]] = {}
+    if thread_counts is None:
+        thread_counts = tuple(sorted({blas_info()["blas_threads"] or 1, 1}, reverse=True))
+    gemvs: list[Measured] = []
+    gemms: list[Measured] = []
     out: list[Measured] = []
     for dname in dtypes:
         if dname != "float32" and not s.gemv_16bit:
             continue
         dt = np.dtype(dname).type
-        W = rng.random((h1, h2), dtype=np.float32).astype(dt, copy=False)
+        W0 = rng.random((h1, h2), dtype=np.float32).astype(dt, copy=False)
+        n = max(1, math.ceil(s.stream_bytes / W0.nbytes))
+        pool = [W0] + [W0.copy() for _ in range(n - 1)]
         x1 = np.ones((1, h1), dtype=dt)
-        t1, k1, sp1, w1 = timed(lambda: x1 @ W, s)
-        gemv = Measured(f"CPU expert GEMV, {dname}", F1 / t1 / TERA, "TFLOP/s",
-                        f"(1 x {h1}) @ ({h1} x {h2}) {dname}, numpy", k1, sp1, w1)
-        out.append(gemv)
-        progress(gemv)
-        rates[dname] = {"gemv": gemv, "t1": t1}
-        if dname == "float16":      # numpy's float16 matmul is a plain loop: ~20 s per 32-token GEMM here
-            del W
-            continue
         xT = np.ones((T, h1), dtype=dt)
-        tT, kT, spT, wT = timed(lambda: xT @ W, s)
-        marginal = (T - 1) * F1 / (tT - t1) if tT > t1 else float("inf")
-        gemm = Measured(f"CPU expert small GEMM, {dname}", marginal / TERA, "TFLOP/s",
-                        f"marginal rate (T-1) x F / (time(T) - time(1)) with T = {T} tokens: "
-                        f"({T} x {h1}) @ ({h1} x {h2}) {dname}, numpy", kT, spT, wT,
-                        extra={"tokens": T, "total_rate_tflops": T * F1 / tT / TERA, "seconds_T": tT,
-                               "seconds_1": t1})
-        out.append(gemm)
-        progress(gemm)
-        rates[dname]["gemm"] = gemm
-        del W
-    # map the faster dtype onto the preset keys (numpy's float16 matmul is not BLAS: float32 wins)
-    best_v = max(rates, key=lambda d: rates[d]["gemv"].value)
-    rates[best_v]["gemv"].keys = ("tflops.cpu_gemv",)
-    with_gemm = [d for d in rates if "gemm" in rates[d]]
-    best_m = max(with_gemm, key=lambda d: rates[d]["gemm"].value)
-    g = rates[best_m]["gemm"]
-    if not math.isfinite(g.value):
-        raise ProbeFailed(f"CPU small GEMM: {GEMM_TOKENS} tokens took no longer than one ({g.note()}); "
+        for threads in thread_counts:
+            with threadpool_limits(limits=threads, user_api="blas"):
+                nth = f"{threads} BLAS thread{'s' * (threads > 1)}"
+                shape = (f"({h1} x {h2}) {dname}, numpy, {nth}, cycling through {n} matrices "
+                         f"({n * W0.nbytes / MIB:.0f} MiB)")
+                t1, k1, sp1, w1 = timed(lambda: [x1 @ W for W in pool], s)
+                gemv = Measured(f"CPU expert GEMV, {dname}, {nth}", n * F1 / t1 / TERA, "TFLOP/s",
+                                f"(1 x {h1}) @ {shape}", k1, sp1, w1,
+                                extra={"matrices": n, "seconds_1": t1, "threads": threads, "dtype": dname})
+                out.append(gemv)
+                gemvs.append(gemv)
+                progress(gemv)
+                if dname == "float16":   # numpy's float16 matmul is a plain loop: ~20 s per 32-token GEMM here
+                    continue
+                tT, kT, spT, wT = timed(lambda: [xT @ W for W in pool], s)
+                marginal = (T - 1) * n * F1 / (tT - t1) if tT > t1 else float("inf")
+                gemm = Measured(f"CPU expert small GEMM, {dname}, {nth}", marginal / TERA, "TFLOP/s",
+                                f"marginal rate (T-1) x F / (time(T) - time(1)) with T = {T} tokens: "
+                                f"({T} x {h1}) @ {shape}", kT, spT, wT,
+                                extra={"tokens": T, "matrices": n, "total_rate_tflops": T * n * F1 / tT / TERA,
+                                       "seconds_T": tT, "seconds_1": t1, "threads": threads, "dtype": dname})
+                out.append(gemm)
+                gemms.append(gemm)
+                progress(gemm)
+        del W0, pool
+    max(gemvs, key=lambda m: m.value).keys = ("tflops.cpu_gemv",)
+    finite = [m for m in gemms if math.isfinite(m.value)]
+    if not finite:
+        raise ProbeFailed(f"CPU small GEMM: {GEMM_TOKENS} tokens took no longer than one; "
                           "the machine is too noisy to measure it, run again")
-    g.keys = ("tflops.cpu_gemm",)
+    max(finite, key=lambda m: m.value).keys = ("tflops.cpu_gemm",)
     return out
 
 
@@ -728,7 +744,9 @@ def check_preset(text: str) -> None:
     try:
         build(Hardware, raw, "hardware")
     except InputError as exc:
-        raise ProbeFailed(f"the measured preset does not validate: {exc.field} = {exc.value}: {exc.problem}") from None
+        raise ProbeFailed(f"a measured value is outside what a scenario accepts: {exc.field} = {exc.value}: "
+                          f"{exc.problem} (a loaded machine can measure absurdly low rates: run again when it is "
+                          "quieter, or --skip that section and take it from --base-preset)") from None
 
 
 # --------------------------------------------------------------------------- command line

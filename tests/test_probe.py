@@ -140,8 +140,12 @@ def test_units_and_mapping_recomputed(probed):
     T = g["tokens"]
     assert "float" in by_key["tflops.cpu_gemm"]["label"] and f"({T} x {h1}) @ ({h1} x {h2})" in \
         by_key["tflops.cpu_gemm"]["how"]
-    assert vals["tflops.cpu_gemm"][0] == pytest.approx((T - 1) * 2 * h1 * h2 / (g["seconds_T"] - g["seconds_1"]) / 1e12,
-                                                       rel=1e-3)
+    n = g["matrices"]                   # a pass cycles through n matrices
+    assert n * h1 * h2 * 4 >= 256 * 2**20    # float32, at least the quick streaming size (beyond the caches)
+    assert vals["tflops.cpu_gemm"][0] == pytest.approx(
+        (T - 1) * n * 2 * h1 * h2 / (g["seconds_T"] - g["seconds_1"]) / 1e12, rel=1e-3)
+    v = by_key["tflops.cpu_gemv"]["extra"]
+    assert vals["tflops.cpu_gemv"][0] == pytest.approx(n * 2 * h1 * h2 / v["seconds_1"] / 1e12, rel=1e-3)
     # tflops.cpu and c2: rate(g) = r0 * (1 - c2 * log2(64/g)) at h1 = 4096 (B = 0), from the measured rates
     att = [m for m in obj["measurements"] if m["label"].startswith("CPU decode attention")]
     assert len({m["extra"]["g"] for m in att}) >= 2
