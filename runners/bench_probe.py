@@ -2,11 +2,13 @@
 
 The probe (``runners.probe``) measures CPU memory bandwidth and expert GEMV / GEMM rates with its
 own repeat-until-stable loop, threads and shapes. This runs those measurements (the full,
-non-``--quick`` settings; float32 and BLAS's own thread count only), then times the same operations directly, in the same
-run, with nothing of the probe's code: one large ``numpy.copyto`` and one ``max`` over 1 GiB
-(numpy's own threading), and the expert-shaped matmuls ``(1 x h1) @ (h1 x h2)`` and
-``(T x h1) @ (h1 x h2)`` (BLAS), each the median of five calls after one warm-up. It prints both
-and their ratio (probe / direct). Speed is reported, never asserted: the machine is shared.
+non-``--quick`` settings; float32 and BLAS's own thread count only), then times the same
+operations directly, in the same run, with nothing of the probe's code: one ``numpy.copyto`` and
+one ``max`` over 1 GiB (one thread: numpy's element-wise operations are single-threaded, the
+probe's use a thread per core), and the expert-shaped matmuls ``(1 x h1) @ (h1 x h2)`` and
+``(T x h1) @ (h1 x h2)`` on one matrix (BLAS), each the median of five calls after one warm-up.
+It prints both and their ratio (probe / direct). Speed is reported, never asserted: the machine
+is shared.
 """
 
 from __future__ import annotations

@@ -509,8 +509,9 @@ def disk_rates(s: Settings, path: Path) -> list[Measured]:
         how = f"a {size // MIB} MiB file in {path}, {chunk // MIB} MiB requests, {method}"
         t, k, sp, w = timed(write, s)
         wr = Measured("disk sequential write", size / t / GIB, "GiB/s", how + ", time includes fsync", k, sp, w,
-                      ("bandwidth_gib_per_s.cpu_to_disk_cache_prefill", "bandwidth_gib_per_s.cpu_to_disk_hidden_prefill",
-                       "bandwidth_gib_per_s.cpu_to_disk_decode"), {"direct_io": direct, "file_bytes": size})
+                      ("bandwidth_gib_per_s.cpu_to_disk_cache_prefill",
+                       "bandwidth_gib_per_s.cpu_to_disk_hidden_prefill", "bandwidth_gib_per_s.cpu_to_disk_decode"),
+                      {"direct_io": direct, "file_bytes": size})
         progress(wr)
         t, k, sp, w = timed(read, s)
         rd = Measured("disk sequential read", size / t / GIB, "GiB/s", how, k, sp, w,
@@ -690,9 +691,11 @@ def measured_values(ms: list[Measured], fit: dict[str, Any] | None) -> dict[str,
             else:
                 vals[key] = (m.value, f"MEASURED: {m.label}: {m.how}; {m.note()}")
     if fit is not None:
-        att = [m for m in fit["measurements"]]
-        g_rates = ", ".join(f"g={m.extra['g']}{'' if m.extra['heads'] == att[0].extra['heads'] else ' ' + str(m.extra['heads']) + ' heads'}"
-                            f" {m.value * 1000:.2f}" for m in att)
+        att = list(fit["measurements"])
+
+        def heads(m):
+            return "" if m.extra["heads"] == att[0].extra["heads"] else f" {m.extra['heads']} heads"
+        g_rates = ", ".join(f"g={m.extra['g']}{heads(m)} {m.value * 1000:.2f}" for m in att)
         how = (f"batched decode attention, {att[0].how.split(', micro-batches')[0]}; GFLOP/s measured: {g_rates}; "
                f"spread of each <= {max((m.spread or 0) for m in att) * 100:.1f}%")
         vals["tflops.cpu"] = (fit["cpu"] / TERA, f"MEASURED: least-squares rate at g >= 64, h1 >= 4096 of {how}")
