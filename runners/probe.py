@@ -26,12 +26,14 @@ a buffer far larger than the caches,   attention over a CPU-resident KV cache is
 split over the usable cores)           ``KV bytes / this``)
 CPU copy (``numpy.copyto``, counted    none: stated in the file, and compared with an independent
 as bytes read + written)               copy by ``runners.bench --probe``
-expert GEMV: one token through an      ``tflops.cpu_gemv`` (a CPU expert's first routed token per
-``h1 x h2`` matrix (float32; and      step, ``model/experts.py`` ``cpu_expert_seconds``); the
-numpy's float16 without ``--quick``)   faster dtype is used and named
-expert small GEMM: ``T`` tokens        ``tflops.cpu_gemm`` = the marginal rate
-(32) through the same matrix, float32  ``(T - 1) * F / (time(T) - time(1))``: the cost model
-                                       charges ``F / cpu_gemv`` for the first token and
+expert GEMV: one token through         ``tflops.cpu_gemv`` (a CPU expert's first routed token per
+``h1 x h2`` matrices cycled through a  step, ``model/experts.py`` ``cpu_expert_seconds``); the
+pool beyond the caches (float32; and   fastest dtype and thread count is used and named
+numpy's float16 without ``--quick``),
+with BLAS's thread count and with one
+expert small GEMM: ``T`` = 32 tokens   ``tflops.cpu_gemm`` = the marginal rate
+through the same pool, float32, both   ``(T - 1) * F / (time(T) - time(1))``: the cost model
+thread counts                          charges ``F / cpu_gemv`` for the first token and
                                        ``F / cpu_gemm`` for each further one
 batched decode attention over a KV     ``tflops.cpu`` = the fitted rate at ``g >= 64``,
 pool of 64 sequences (context          ``h1 >= 4096`` (``4 * ctx * nh * hd`` FLOPs per sequence,
