@@ -850,6 +850,8 @@ def probe(args) -> dict[str, Any]:
     unknown = sorted(skip - set(SECTIONS))
     if unknown:
         raise InputError("--skip", args.skip, f"unknown section {unknown[0]!r} (known: {', '.join(SECTIONS)})")
+    if skip == set(SECTIONS):
+        raise InputError("--skip", args.skip, "skips every section: nothing left to measure")
     out_path = check_out(args.out)
     disk_path = check_disk_path(args.disk_path) if "disk" not in skip else None
     try:

@@ -201,6 +201,7 @@ def test_numbers_are_written_as_yaml_floats():
     (["--out", "{tmp}/host.txt", "--base-preset", "t4"], "--out"),
     (["--disk-path", "{tmp}/no-such-folder", "--base-preset", "t4"], "--disk-path"),
     (["--skip", "gpu,tape", "--base-preset", "t4"], "--skip"),
+    (["--skip", "cpu,disk,gpu", "--base-preset", "t4"], "--skip"),
     (["--base-preset", "no_such_preset"], "--base-preset"),
     (["--base-preset", "t4", "--model", "{tmp}/missing.json"], "--model"),
 ])
