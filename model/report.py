@@ -128,6 +128,7 @@ def to_json(res: Result) -> dict[str, Any]:
         "scenario": sc.name,
         "model": res.model_info,
         "workload": {"prompt_len": sc.workload.prompt_len, "gen_len": sc.workload.gen_len},
+        "hardware": {"name": sc.hardware.name, "preset": sc.hardware.preset, "source": sc.hardware.source},
         "capacity_gib": res.capacity_gib,
         "usable_gib": res.usable_gib,
         "throughput_tokens_per_s": res.throughput_tokens_per_s,
@@ -222,7 +223,8 @@ def to_text(res: Result) -> str:
            if mi["gpu_resident_gib"] else "")
         + f"; KV cache {mi['kv_cache_bytes_per_token'] / 1024:.0f} KiB per token",
         f"Hardware  {sc.hardware.name}: GPU {res.capacity_gib['gpu']:g} / CPU {res.capacity_gib['cpu']:g} / "
-        f"disk {res.capacity_gib['disk']:g} GiB",
+        f"disk {res.capacity_gib['disk']:g} GiB"
+        + (f"; preset {sc.hardware.preset}" if sc.hardware.preset else ""),
         "",
     ]
     if res.solve is not None and res.status not in ("optimal", "evaluated"):

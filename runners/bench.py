@@ -100,8 +100,14 @@ def main(argv=None) -> int:
                     help="--experts: a scenario override, e.g. hardware.memory_gib.cpu=100 (repeatable)")
     ap.add_argument("--variants", default=None,
                     help="--experts: comma-separated variant labels to run (default: all)")
+    ap.add_argument("--probe", action="store_true",
+                    help="instead: runners.probe's CPU memory bandwidth and GEMM figures next to a direct numpy "
+                         "copy and matmul timed in the same run, as ratios (runners/bench_probe.py)")
     add_debug_flag(ap)
     args = ap.parse_args(argv)
+    if args.probe:
+        from runners.bench_probe import probe_table
+        return probe_table()
     if args.experts:
         paths = [Path(p) for p in args.scenarios] or [ROOT / "scenarios" / "t4_reference.yaml",
                                                       ROOT / "scenarios" / "a100_16g.yaml"]
