@@ -13,7 +13,10 @@ With ``g``, ``N`` and all percents fixed, it evaluates that policy instead.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 
@@ -179,13 +182,50 @@ def optimize(sc: Scenario, *, sensitivity: bool = True, integer_percents: bool =
         if res.status == "infeasible":
             raise Infeasible(res.infeasible_reasons)
         return res
-    t_start = time.perf_counter()
+    with _deadline(sc.solver.time_limit_s + TIME_LIMIT_GRACE_S):
+        return _optimize(sc, sensitivity, integer_percents, time.perf_counter())
+
+
+# Beyond solver.time_limit_s, what the re-checks, sensitivity and integer percents may add before the
+# whole run is stopped (building the model and the seeds count against the time limit itself).
+TIME_LIMIT_GRACE_S = 30.0
+
+
+class _TimeUp(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Stop the run (a SolverError) when it outlasts ``seconds``: the solver's own limit bounds its
+    search; this bounds everything around it, model building included. Main thread only."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def ring(signum, frame):
+        raise _TimeUp()
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, max(0.001, seconds))
+    try:
+        yield
+    except _TimeUp:
+        raise SolverError(f"the time limit ran out ({seconds - TIME_LIMIT_GRACE_S:g} s, solver.time_limit_s / "
+                          f"--time-limit, plus {TIME_LIMIT_GRACE_S:g} s for the checks around the solve) before a "
+                          f"policy was reported; building the model counts too") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: float) -> Result:
     solvers.check_options(sc.solver.name, sc.solver.options)  # fail fast: unknown solver, missing, bad option
     data, bounds = model_data(sc)
     acc = data.accounting
     t0 = time.perf_counter()
-    opts = dict(time_limit_s=sc.solver.time_limit_s, mip_gap=sc.solver.mip_gap, threads=sc.solver.threads,
-                options=sc.solver.options)
+    opts = dict(time_limit_s=max(1.0, sc.solver.time_limit_s - (t0 - t_start)), mip_gap=sc.solver.mip_gap,
+                threads=sc.solver.threads, options=sc.solver.options)
     if bounds.g_lo == bounds.g_hi and bounds.N_lo == bounds.N_hi and data.experts is None:
         g, N = bounds.g_lo, bounds.N_lo
         lp, lp_res, build_s = _solve_fixed(data, g, N, sc, opts)
@@ -198,7 +238,7 @@ def optimize(sc: Scenario, *, sensitivity: bool = True, integer_percents: bool =
             m.experts.better_than_seed = pyo.Constraint(
                 expr=m.objective.time_per_seq_s <= seed[4].objective * (1 - sc.solver.mip_gap),
                 doc="cutoff: strictly better than the seed policy by more than the gap")
-            opts = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s - (time.perf_counter() - t0))}
+            opts = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s - (time.perf_counter() - t_start))}
         milp_res = solvers.solve(m, sc.solver.name, is_mip=True, **opts)
         if seed is not None and not milp_res.has_solution and milp_res.termination in ("infeasible", "time_limit"):
             return _seed_result(sc, bounds, seed, milp_res, build_s, t_start, opts, sensitivity, integer_percents)
