@@ -25,7 +25,7 @@ from model import load_scenario, optimize
 from model.accounting import build_accounting
 from model.attention import apply_attention, with_mode
 from model.enumerate import enumerate_policies
-from model.errors import InputError
+from model.errors import Infeasible, InputError
 from model.optimize import evaluate_policy, model_data
 from model.scenario import from_dict
 from model.terms import evaluate, fractions_from_percent
@@ -215,6 +215,22 @@ def test_auto_evaluation_returns_the_faster_mode(make, winner):
     assert res.attention == winner and res.attention_requested == "auto"
     assert res.throughput_tokens_per_s == both[winner]
     assert res.attention_throughputs == both
+
+
+def test_auto_when_nothing_fits():
+    """Neither mode fits: evaluation reports the cpu result; optimization names the reason once."""
+    pct = (0, 100, 0, 75, 0, 100)
+    raw = copy.deepcopy(TINY)
+    raw["hardware"]["memory_gib"]["gpu"] = 0.002      # 2 MiB: less than one layer's staged weights (2.6 MB)
+    res = evaluate_policy(from_dict(raw), G, NB, pct)
+    assert res.status == "infeasible" and res.attention == "cpu"
+    assert res.attention_throughputs == {"cpu": None, "gpu": None}
+    raw["hardware"]["memory_gib"] = {"gpu": 0.002, "cpu": 0.002, "disk": 0}   # 5.3 MB of weights fit nowhere
+    with pytest.raises(Infeasible) as exc:
+        optimize(from_dict(raw), sensitivity=False)
+    reasons = exc.value.reasons
+    assert sum(r.startswith("weights") for r in reasons) == 1        # the same in both modes: once
+    assert any(r.startswith("gpu attention: GPU memory (decode)") for r in reasons)   # gpu needs more there
 
 
 def _small_t4(mode, cpu_to_gpu):
