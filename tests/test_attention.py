@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -114,6 +115,33 @@ def test_gpu_attention_delta_by_hand():
         G * per_seq_cpu / GIB, rel=1e-12)
     for key in (("gpu", "prefill"), ("cpu", "prefill"), ("disk", None)):
         assert eg.peak_memory_gib[key] == ec.peak_memory_gib[key]
+
+
+def test_gpu_attention_delta_of_the_reference_accounting_by_hand(t4):
+    """accounting: flexllmgen (t4_reference: s = 512, n = 32, h1 = 4096, nkv*hd = 1024, nh = 32).
+
+    Per sequence and layer in decode, for the off-GPU cache: 4 * (s + n/2) * 1024 bytes over
+    ctog_bdw 12.89 GiB/s; attention FLOPs 4 * (s + n/2) * h1 at bmm_flops_g 0.079 TFLOP/s instead
+    of cpu_flops 0.0123 TFLOP/s times the CPU efficiency 1 / max(0.1, 1 - c2 * log2(64/g))
+    (B = log2(4096/h1) = 0); GPU decode buffers: the reference's own GPU-cache buffers,
+    8 * (s+n) * h1 + 4 * h1 + 2 * nh * (s+n) bytes per sequence of the micro-batch.
+    """
+    g, N = 30, 63
+    pct = (0, 100, 0, 70, 0, 100)            # cache 70% CPU, 30% disk
+    p = fractions_from_percent(pct)
+    cpu = build_accounting(t4)
+    gpu = build_accounting(with_mode(t4, "gpu"))
+    ec, eg = evaluate(cpu, g, N, p), evaluate(gpu, g, N, p)
+    b, ctx, full = g * N, 512 + 16, 512 + 32
+    eff = 1 / max(0.1, 1 - 0.0328 * math.log2(64 / g))
+    dc, dg = ec.groups[0].layer_time_s["decode"], eg.groups[0].layer_time_s["decode"]
+    assert dg["ctog"] - dc["ctog"] == pytest.approx(b * 4 * ctx * 1024 / GIB / 12.89, rel=1e-12)
+    flops = 4 * ctx * 4096
+    assert dg["comp"] - dc["comp"] == pytest.approx(b * (flops / 0.079e12 - eff * flops / 0.0123e12), rel=1e-12)
+    per_seq = 8 * full * 4096 + 4 * 4096 + 2 * 32 * full
+    assert eg.peak_memory_gib["gpu", "decode"] - ec.peak_memory_gib["gpu", "decode"] == pytest.approx(
+        g * per_seq / GIB, rel=1e-12)
+    assert eg.groups[0].layer_time_s["prefill"] == ec.groups[0].layer_time_s["prefill"]
 
 
 def test_gpu_attention_adds_nothing_when_the_cache_is_on_the_gpu():
