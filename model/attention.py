@@ -39,6 +39,23 @@ def _delta_for(table: dict, group: str):
     return table.get(parent) if parent != group else None
 
 
+def time_delta(acc: Accounting, group: str) -> dict[tuple[str, str], Quantity]:
+    """What ``gpu`` adds to layer group ``group``'s time quantities, by (phase, component) (may be empty)."""
+    delta = acc.gpu_attention_delta
+    return (_delta_for(delta.time, group) or {}) if delta is not None else {}
+
+
+def memory_delta(acc: Accounting, key: tuple, group: str) -> Quantity | None:
+    """What ``gpu`` adds to memory ``key`` = (device, phase) while ``group`` runs (None: nothing):
+    the delta of the peak case ``home + working[group]`` (a MILP family: ``case + a * this``)."""
+    delta = acc.gpu_attention_delta
+    dm = delta.memory.get(key) if delta is not None else None
+    if dm is None:
+        return None
+    extra = _delta_for(dm.working, group)
+    return dm.home if extra is None else dm.home.plus(extra)
+
+
 def apply_attention(acc: Accounting, mode: str) -> Accounting:
     """``acc`` (the CPU-attention accounting) in attention mode ``mode``: a new Accounting.
 

@@ -144,6 +144,29 @@ def test_gpu_attention_delta_of_the_reference_accounting_by_hand(t4):
     assert eg.groups[0].layer_time_s["prefill"] == ec.groups[0].layer_time_s["prefill"]
 
 
+def test_helpers_give_base_plus_delta_for_split_layer_groups():
+    """time_delta / memory_delta (for a MILP family's base + a * delta) match apply_attention,
+    also when every MoE layer is its own group (routing rows per layer)."""
+    from model.attention import memory_delta, time_delta
+
+    sc = from_dict({**copy.deepcopy(TINY), "experts": {"routing_probabilities": [[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]]}})
+    base = build_accounting(sc)
+    gpu = apply_attention(base, "gpu")
+    assert {g.name for g in base.groups} == {"moe.0", "moe.1", "lm_head"}
+    for lb, lg in zip(base.groups, gpu.groups):
+        for key, q in lb.time.items():
+            d = time_delta(base, lb.name).get(key)
+            want = q.plus(d) if d is not None else q
+            assert want.value(G * NB, G, 1.0, P) == pytest.approx(lg.time[key].value(G * NB, G, 1.0, P), rel=1e-12)
+        assert bool(time_delta(base, lb.name)) == (lb.name != "lm_head")
+    for key, mt in base.memory.items():
+        for name, case in mt.cases():
+            d = memory_delta(base, key, name)
+            want = case.plus(d) if d is not None else case
+            got = dict(gpu.memory[key].cases())[name]
+            assert want.value(G * NB, G, 1.0, P) == pytest.approx(got.value(G * NB, G, 1.0, P), rel=1e-12)
+
+
 def test_gpu_attention_adds_nothing_when_the_cache_is_on_the_gpu():
     p = fractions_from_percent((0, 100, 100, 0, 0, 100))
     cpu, gpu = build_accounting(tiny(attention="cpu")), build_accounting(tiny(attention="gpu"))
