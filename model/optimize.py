@@ -24,6 +24,7 @@ import pyomo.environ as pyo
 
 from . import solvers
 from .accounting import build_accounting
+from .attention import best_of_modes
 from .bounds import SearchBounds, search_bounds
 from .build import ModelData, build_model
 from .families import batching
@@ -62,6 +63,13 @@ class Result:
     capped_by: list[str] = field(default_factory=list)   # limits that one more GPU batch (or a larger g) would break
     expert_setup: ExpertSetup | None = None         # expert-aware features in effect (None: the core model)
     expert_decision: Decision | None = None
+    attention_requested: str | None = None          # policy.attention asked for (auto: both modes were tried)
+    attention_throughputs: dict[str, float | None] | None = None   # auto: tokens/s of each mode (None: infeasible)
+
+    @property
+    def attention(self) -> str:
+        """Where decode attends the off-GPU KV cache in this result: ``cpu`` or ``gpu`` (model.attention)."""
+        return self.accounting.attention
 
     @property
     def pinned_experts(self) -> list[list[int]]:
@@ -114,6 +122,8 @@ def _fixed_fractions(sc: Scenario):
 def evaluate_policy(sc: Scenario, g: int, N: int, percent) -> Result:
     """Predict the throughput, times and peaks of one fully fixed policy: the same Pyomo model as
     the optimizer's, evaluated at the policy's point (no solver where every family can complete it)."""
+    if sc.policy.attention == "auto":   # both attention modes; the faster (model.attention)
+        return best_of_modes(evaluate_policy, sc, g, N, percent)
     t0 = time.perf_counter()
     setup = ExpertSetup.from_scenario(sc)
     if setup.has_decisions:
@@ -182,6 +192,8 @@ def optimize(sc: Scenario, *, sensitivity: bool = True, integer_percents: bool =
         if res.status == "infeasible":
             raise Infeasible(res.infeasible_reasons)
         return res
+    if pol.attention == "auto":   # both attention modes; the better optimum (model.attention)
+        return best_of_modes(optimize, sc, sensitivity=sensitivity, integer_percents=integer_percents)
     with _deadline(sc.solver.time_limit_s + TIME_LIMIT_GRACE_S):
         return _optimize(sc, sensitivity, integer_percents, time.perf_counter())
 

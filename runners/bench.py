@@ -138,7 +138,7 @@ def main(argv=None) -> int:
             enum = ""
             wanted = args.enumerate == "all" or path.stem in args.enumerate.split(",")
             if not args.no_enumeration and wanted and name in (None, names[0]):
-                data, bd = model_data(sc)
+                data, bd = model_data(res.scenario)   # the attention mode that optimize() chose
                 e = enumerate_policies(data, prune=True)
                 enum = f" {e.seconds:8.2f} {e.lps_solved:7d} {e.seconds / (build + solve):16.1f}x"
                 tput = res.throughput_tokens_per_s
