@@ -290,6 +290,7 @@ def _small_t4(mode, cpu_to_gpu):
     return load_scenario(ROOT / "scenarios" / "t4_reference.yaml",
                          {"workload.prompt_len": 512, "workload.gen_len": 32,
                           "hardware.memory_gib": {"gpu": 16, "cpu": 100, "disk": 20}, "policy.attention": mode,
+                          "search.max_gpu_batch_size": 6, "search.max_num_gpu_batches": 30,
                           "hardware.bandwidth_gib_per_s.cpu_to_gpu": cpu_to_gpu})
 
 
