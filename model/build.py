@@ -35,6 +35,7 @@ class ModelData:
     experts: ExpertSetup | None = None                   # expert-aware features (None: the core model)
     expert_decision: Decision | None = None              # fixed: the accounting is specialized instead
     scenario: object = None                              # the validated Scenario: families read their KEYS here
+    attention_mode: str | None = None                    # decided (auto) attention mode: the accounting applies it
 
     def setting(self, path: str):
         """A scenario value by its dotted path (a family's own key), or None without a scenario."""
@@ -50,6 +51,10 @@ class ModelData:
         from dataclasses import replace
 
         acc, experts = self.accounting, self.experts
+        if self.attention_mode == "gpu" and acc.attention == "cpu":
+            from .attention import apply_attention
+
+            acc = apply_attention(acc, "gpu")
         if self.expert_decision is not None:
             from .experts import specialize
 

@@ -87,9 +87,12 @@ def label(m, component, describe: Callable[..., str]) -> None:
     _registry(m, "_labels", dict)[component.name] = describe
 
 
-def completion(m, fill: Callable) -> None:
-    """Register ``fill(m)``, which sets a family's auxiliary variables at a fixed policy."""
+def completion(m, fill: Callable, block=None) -> None:
+    """Register ``fill(m)``, which sets the auxiliary variables of ``block`` (a family's Block) at a
+    fixed policy."""
     _registry(m, "_completions", list).append(fill)
+    if block is not None:
+        registry(m).setdefault("completion_blocks", set()).add(block.name)
 
 
 def describe(m, con) -> str | None:
@@ -129,9 +132,22 @@ def fits(con) -> bool:
 def complete(m) -> bool:
     """Set the auxiliary variables of every family at the current point; True when every
     variable of the model then has a value (the point is fully determined)."""
+    if any(v.value is None and not _completed_by_someone(m, v) for v in m.component_data_objects(pyo.Var, active=True)):
+        return False    # a family's variable nobody can fill (a free decision): the caller solves the LP
     for fill in registry(m)["completions"]:
         fill(m)
     return all(v.value is not None for v in m.component_data_objects(pyo.Var, active=True))
+
+
+def _completed_by_someone(m, v) -> bool:
+    """Whether a registered completion sets ``v`` (its block registered one)."""
+    owners = registry(m).setdefault("completion_blocks", set())
+    blk = v.parent_block()
+    while blk is not None:
+        if blk.name in owners:
+            return True
+        blk = blk.parent_block()
+    return False
 
 
 def violated_rows(m) -> list:

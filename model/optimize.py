@@ -163,9 +163,27 @@ def model_data(sc: Scenario) -> tuple[ModelData, SearchBounds]:
     hw, pol = sc.hardware, sc.policy
     capacity = {d: getattr(hw.memory_gib, d) for d in DEVICE_NAMES}
     alpha = {d: getattr(hw.alpha, d) for d in DEVICE_NAMES}
-    bounds = search_bounds(acc, capacity, alpha, fixed_fractions=_fixed_fractions(sc), fixed_g=pol.gpu_batch_size,
-                           fixed_N=pol.num_gpu_batches, max_g=sc.search.max_gpu_batch_size,
-                           max_N=sc.search.max_num_gpu_batches)
+    kw = dict(fixed_fractions=_fixed_fractions(sc), fixed_g=pol.gpu_batch_size, fixed_N=pol.num_gpu_batches,
+              max_g=sc.search.max_gpu_batch_size, max_N=sc.search.max_num_gpu_batches)
+    if pol.attention == "auto" and acc.gpu_attention_delta is not None:
+        # the mode is a decision: bounds that keep every feasible policy of either mode
+        from .attention import apply_attention
+
+        found, why = [], []
+        for mode_acc in (acc, apply_attention(acc, "gpu")):
+            try:
+                found.append(search_bounds(mode_acc, capacity, alpha, **kw))
+            except Infeasible as exc:
+                why.append(exc)
+        if not found:   # a reason of both modes once; the others name their mode
+            cpu, gpu = why[0].reasons, why[1].reasons
+            raise Infeasible([r for r in cpu if r in gpu] + [f"cpu attention: {r}" for r in cpu if r not in gpu]
+                             + [f"gpu attention: {r}" for r in gpu if r not in cpu])
+        bounds = found[0] if len(found) == 1 else SearchBounds(
+            g_lo=min(b.g_lo for b in found), g_hi=max(b.g_hi for b in found), N_lo=min(b.N_lo for b in found),
+            N_hi=max(b.N_hi for b in found), b_hi=max(b.b_hi for b in found), source=dict(found[0].source))
+    else:
+        bounds = search_bounds(acc, capacity, alpha, **kw)
     return _data(sc, acc, bounds.g_lo, bounds.g_hi, bounds.N_lo, bounds.N_hi, bounds.b_hi), bounds
 
 
@@ -192,8 +210,6 @@ def optimize(sc: Scenario, *, sensitivity: bool = True, integer_percents: bool =
         if res.status == "infeasible":
             raise Infeasible(res.infeasible_reasons)
         return res
-    if pol.attention == "auto":   # both attention modes; the better optimum (model.attention)
-        return best_of_modes(optimize, sc, sensitivity=sensitivity, integer_percents=integer_percents)
     with _deadline(sc.solver.time_limit_s + TIME_LIMIT_GRACE_S):
         return _optimize(sc, sensitivity, integer_percents, time.perf_counter())
 
@@ -241,6 +257,7 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
     if bounds.g_lo == bounds.g_hi and bounds.N_lo == bounds.N_hi and data.experts is None:
         g, N = bounds.g_lo, bounds.N_lo
         lp, lp_res, build_s = _solve_fixed(data, g, N, sc, opts)
+        data = _with_decision(data, lp)     # the attention mode, when it was a decision
         milp_res, notes = lp_res, []
     else:
         m = build_model(data)
@@ -284,9 +301,16 @@ def _report(sc: Scenario, data: ModelData, bounds, g: int, N: int, lp, lp_res, s
     """The Result of the policy ``(g, N)`` whose fixed LP is ``lp``: re-evaluated from the formulas
     (with the expert decision applied at ``b = g*N``), checked against capacity, with sensitivity
     and FlexLLMGen's integer percents."""
+    clean_point(lp)
+    if data.attention_mode == "cpu" and sum(pyo.value(lp.placement.fraction["cache", d]) for d in ("cpu", "disk")) \
+            < 1e-12:
+        # no cache off the GPU: both modes are the same policy; report FlexGen's default (GPU attention)
+        data = replace(data, attention_mode="gpu")
+        lp = build_model(data.fixed_at(g, N))
+        lp_res = solvers.solve(lp, sc.solver.name, is_mip=False, **opts)
+        clean_point(lp)
     fixed = data.fixed_at(g, N)
     acc = fixed.accounting
-    clean_point(lp)
     complete(lp)
     bad = check(lp)
     if bad:
@@ -300,7 +324,8 @@ def _report(sc: Scenario, data: ModelData, bounds, g: int, N: int, lp, lp_res, s
     res = Result(scenario=sc, accounting=acc, status=solve.termination,
                  gpu_batch_size=g, num_gpu_batches=N, fractions=fractions, evaluation=ev, solve=solve,
                  resolve=lp_res if lp_res is not solve else None, bounds=bounds, build_s=build_s,
-                 expert_setup=data.experts, expert_decision=data.expert_decision)
+                 expert_setup=data.experts, expert_decision=data.expert_decision,
+                 attention_requested=sc.policy.attention)
     res.binding_bounds = _binding(bounds, g, N)
     res.capped_by = capping_limits(data, g, N, sc, opts) if want_sensitivity else []
     res.notes = notes + _expected_traffic_notes(data)
@@ -356,8 +381,7 @@ def _seed(data: ModelData, sc: Scenario, opts):
         if not r.has_solution:
             continue
         g, N = _batch_sizes(m)
-        full = _with_decision(ModelData(**{**data.__dict__, "experts": setup}), m) if sub.experts is not None \
-            else ModelData(**{**data.__dict__, "expert_decision": Decision()})
+        full = _with_decision(ModelData(**{**data.__dict__, "experts": setup}), m)
         lp, res = _try_fixed(full, g, N, sc, budget)
         if lp is not None and (best is None or res.objective < best[4].objective):
             best = (g, N, full, lp, res)
@@ -382,7 +406,13 @@ def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: 
 
 
 def _with_decision(data: ModelData, m) -> ModelData:
-    """``data`` with the expert decision of the solved model ``m`` fixed (empty without decisions)."""
+    """``data`` with the decisions of the solved model ``m`` fixed: the attention mode (when it was a
+    decision) and the expert roles (empty without expert decisions)."""
+    from .families.attention import decided
+
+    mode = decided(m)
+    if mode is not None:
+        data = replace(data, attention_mode=mode)
     if data.experts is None:
         return data
     blk = m.experts
@@ -527,7 +557,7 @@ def _solve_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
     fixed_data = _fixed_data(data, g, N)
     lp = build_model(fixed_data)
     build_s = time.perf_counter() - t0
-    res = solvers.solve(lp, sc.solver.name, is_mip=False, **opts)
+    res = solvers.solve(lp, sc.solver.name, is_mip=_has_integers(lp), **opts)
     if not res.has_solution or res.termination != "optimal":
         if res.termination == "infeasible":
             raise Infeasible([f"no placement fits at gpu_batch_size={g}, num_gpu_batches={N}: "

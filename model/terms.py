@@ -230,10 +230,17 @@ class Accounting:
         return self.weights_gib
 
     def time_quantities(self):
-        return [q for grp in self.groups for q in grp.time.values()]
+        """Every time quantity, including those of a mode the model may switch to (GPU attention)."""
+        out = [q for grp in self.groups for q in grp.time.values()]
+        if self.gpu_attention_delta is not None:
+            out += [q for table in self.gpu_attention_delta.time.values() for q in table.values()]
+        return out
 
     def memory_quantities(self):
-        return [q for mt in self.memory.values() for _name, q in mt.cases()]
+        out = [q for mt in self.memory.values() for _name, q in mt.cases()]
+        if self.gpu_attention_delta is not None:
+            out += [q for mt in self.gpu_attention_delta.memory.values() for q in [mt.home, *mt.working.values()]]
+        return out
 
     def efficiency_varies(self, g_lo: int, g_hi: int) -> bool:
         """Whether the CPU-attention terms exist and ``efficiency`` changes over ``g_lo..g_hi``."""

@@ -25,6 +25,7 @@ FAMILY_NAMES = (
     "batching",       # g, N, 1/b, 1/N, p/N, eff(g) p: exact integer linearization
     "fixed_policy",   # fractions the user pinned
     "experts",        # experts pinned on the GPU / computed on the CPU, expected traffic: ledger contributions
+    "attention",      # CPU or GPU attention over the off-GPU KV cache, a binary (policy.attention: auto)
     "cost",           # per-sequence time and memory: the accounting plus every family's contributions
     "capacity",       # home + working memory <= alpha * capacity
     "timing",         # overlap of transfers and compute

@@ -46,7 +46,7 @@ def add(m, data) -> None:
 
     _memory_limit(m, data, "disk", None, blk.disk_memory_within_capacity, cost.disk_memory_per_seq_mib,
                   lambda m: 0.0)
-    completion(m, _fill_peaks)
+    completion(m, _fill_peaks, blk)
 
 
 def _gib(m, per_seq_mib) -> float:

@@ -70,7 +70,7 @@ def add(m, data) -> None:
           lambda grp, chain: f"prefill layer time set by {chain_words(PREFILL_CHAINS[chain])} ({grp})")
     label(m, blk.decode_overlap_covers_component,
           lambda grp, c: f"decode step set by {COMPONENT_NAMES[c]} ({grp})")
-    completion(m, _fill_epigraphs)
+    completion(m, _fill_epigraphs, blk)
 
 
 def bound_layer_time(m, phase: str, name: str, words: str, expr_of_group, components=None) -> None:
