@@ -242,7 +242,10 @@ SOLVERS: dict[str, SolverSpec] = {
                                   {"integerTolerance": TIGHT, "preprocess": "off"}),
                       _legacy_available("cbc")),
     "glpk": SolverSpec("glpk", "apt-get install glpk-utils (Debian/Ubuntu) or conda install -c conda-forge glpk",
-                       _run_legacy("glpk", "glpk", {"time_limit": "tmlim", "mip_gap": "mipgap"}, {}),
+                       # GLPK's MIP presolver declared a feasible model infeasible (deepseek-v2-lite with
+                       # one-layer weight staging: "LP HAS NO PRIMAL FEASIBLE SOLUTION" after it reduced 126
+                       # coefficients; with --nointopt, --exact or not, the relaxation is feasible, as HiGHS says)
+                       _run_legacy("glpk", "glpk", {"time_limit": "tmlim", "mip_gap": "mipgap"}, {"nointopt": ""}),
                        _legacy_available("glpk")),
     "scip": SolverSpec("scip", "pip install pyscipopt",
                        _run_contrib("scip_direct", "scip", {"numerics/feastol": TIGHT}),
