@@ -46,11 +46,18 @@ FITTABLE_SECTIONS = {
     "memory_bandwidth_gib_per_s": (MemoryBandwidth, BANDWIDTH_RANGE),
 }
 
-# The default fit set: the rates that set the time of an offloaded decode and prefill when the
-# weights and KV cache stream from CPU memory (the published runs' policies): the host link,
-# the GPU's prefill and decode matmul rates, and the CPU's attention rate and memory bandwidth.
-DEFAULT_FIT = ("bandwidth_gib_per_s.cpu_to_gpu", "tflops.gpu_matmul_prefill", "tflops.gpu_matmul_decode",
-               "tflops.cpu", "memory_bandwidth_gib_per_s.cpu")
+# The default fit set: the rates that set the time of an offloaded prefill and decode when the
+# weights and KV cache stream from CPU memory (the published runs' policies): the host link
+# (weights, and the KV cache copied for GPU attention), the GPU's matmul rate, the CPU's
+# attention rate, and what bounds a decode step on the GPU: its memory bandwidth under
+# `accounting: exact` (decode GEMMs and attention are memory-bound rooflines there), the fitted
+# decode rates under `accounting: flexllmgen` (which has no memory bandwidth).
+DEFAULT_FIT = {
+    "exact": ("bandwidth_gib_per_s.cpu_to_gpu", "tflops.gpu_matmul_prefill", "tflops.cpu",
+              "memory_bandwidth_gib_per_s.gpu"),
+    "flexllmgen": ("bandwidth_gib_per_s.cpu_to_gpu", "tflops.gpu_matmul_prefill", "tflops.cpu",
+                   "tflops.gpu_matmul_decode", "tflops.gpu_bmm_decode"),
+}
 
 BOUND_FACTOR = 10.0      # a fitted constant stays within [start / 10, start x 10] (and the schema's range)
 PRIOR_FACTOR = 2.0       # the pull toward the start: a factor of 2 either way is one standard deviation
@@ -197,6 +204,10 @@ def constant_value(sc: Scenario, key: str) -> float | None:
     return None if node is None else getattr(node, name, None)
 
 
+def default_fit(sc: Scenario) -> list[str]:
+    return list(DEFAULT_FIT[sc.model.accounting])
+
+
 def check_fit_keys(keys: list[str], sc: Scenario, flag: str = "--fit") -> None:
     known = constant_keys()
     if not keys:
@@ -267,6 +278,7 @@ class Fit:
     after: dict[str, float]
     bounds: dict[str, tuple[float, float]]
     prior_sd: float                    # log units
+    noise: float                       # a measurement's relative spread used
     posterior_sd: dict[str, float]     # log units
     singular_values: list[float]       # of the rows' Jacobian d log(pred) / d log(constant)
     at_bound: list[str]
@@ -319,7 +331,7 @@ def fit(rows: list[Measurement], keys: list[str], start: dict[str, float] | None
     after = {k: float(math.exp(v)) for k, v in zip(keys, res.x)}
     at_bound = [k for k, v, a, b in zip(keys, res.x, lo, hi) if min(v - a, b - v) < 1e-6]
     return Fit(keys=list(keys), start=dict(start), after=after,
-               bounds={k: bounds_for(k, start[k]) for k in keys}, prior_sd=prior_sd,
+               bounds={k: bounds_for(k, start[k]) for k in keys}, prior_sd=prior_sd, noise=noise,
                posterior_sd={k: float(s) for k, s in zip(keys, post)}, singular_values=sv,
                at_bound=at_bound, cost=float(res.cost), nfev=int(res.nfev), message=str(res.message))
 
@@ -345,3 +357,133 @@ def error_summary(predicted: list[float], measured: list[float]) -> dict[str, fl
 
 def today() -> str:
     return _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+
+
+SIGNIFICANT = 6   # digits a fitted constant is written (and predicted) with
+
+
+def rounded(x: float) -> float:
+    return float(f"{x:.{SIGNIFICANT}g}")
+
+
+@dataclass
+class Calibration:
+    """A fit over rows, and every row's prediction before, after and left out of it."""
+
+    rows: list[Measurement]
+    fit: Fit
+    before_tokens_per_s: list[float]
+    after_tokens_per_s: list[float]
+    loo_tokens_per_s: list[float] | None
+
+    @property
+    def constants(self) -> dict[str, float]:
+        return self.fit.after
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        meas = [m.measured_tokens_per_s for m in self.rows]
+        out = {"before": error_summary(self.before_tokens_per_s, meas),
+               "after": error_summary(self.after_tokens_per_s, meas)}
+        if self.loo_tokens_per_s is not None:
+            out["leave_one_out"] = error_summary(self.loo_tokens_per_s, meas)
+        return out
+
+
+def calibrate(rows: list[Measurement], keys: list[str], *, loo: bool = True, prior_factor: float = PRIOR_FACTOR,
+              noise: float = NOISE) -> Calibration:
+    """Fit ``keys`` to ``rows`` (constants rounded to :data:`SIGNIFICANT` digits, as written), and
+    predict each row before, after and (``loo``) by a fit to the other rows."""
+    f = fit(rows, keys, prior_factor=prior_factor, noise=noise)
+    f.after = {k: rounded(v) for k, v in f.after.items()}
+    before = [predicted_tokens_per_s(m) for m in rows]
+    after = [predicted_tokens_per_s(m, f.after) for m in rows]
+    left = None
+    if loo and len(rows) > 1:
+        left = leave_one_out(rows, keys, prior_factor=prior_factor, noise=noise)
+    return Calibration(rows=rows, fit=f, before_tokens_per_s=before, after_tokens_per_s=after, loo_tokens_per_s=left)
+
+
+def describe_rows(rows: list[Measurement]) -> str:
+    """``rows 1-8 (gen 32, 64; attention cpu, gpu)``: what a fit saw, for a preset's comments."""
+    nums = [m.row for m in rows]
+    span = (f"rows {nums[0]}-{nums[-1]}" if nums == list(range(nums[0], nums[-1] + 1)) and len(nums) > 1
+            else "rows " + ", ".join(map(str, nums)) if len(nums) > 1 else f"row {nums[0]}")
+    gens = ", ".join(str(g) for g in sorted({m.gen_len for m in rows}))
+    modes = ", ".join(sorted({m.attention for m in rows}))
+    return f"{span} (gen {gens}; attention {modes})"
+
+
+def preset_text(cal: Calibration, csv_name: str, out_path: Path, command: str, date: str) -> str:
+    """A hardware preset YAML with the fitted constants, each commented with what it was fitted to."""
+    sc = cal.rows[0].scenario
+    hw = sc.hardware
+    what = describe_rows(cal.rows)
+    f = cal.fit
+    summ = cal.summary()
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.1f}%"
+
+    lines = [
+        f"# Hardware preset calibrated on {date} (UTC) by `{command}`:",
+        f"# the constants below were fitted to the measured runs of {csv_name}, {what}",
+        "# (each row's source is in its `source` column), by least squares on log(predicted / measured)",
+        f"# with each constant pulled toward its start (a factor of {math.exp(f.prior_sd):g} either way is one standard",
+        f"# deviation; a measurement's spread is taken as {100 * f.noise:g}%) and bounded to {BOUND_FACTOR:g}x either way.",
+        f"# Median |error| of the rows: {pct(summ['before']['median_abs_rel_error'])} before, "
+        f"{pct(summ['after']['median_abs_rel_error'])} after"
+        + (f", {pct(summ['leave_one_out']['median_abs_rel_error'])} left out of the fit (leave-one-out)"
+           if "leave_one_out" in summ else "") + ".",
+        f"# Worst: {pct(summ['before']['worst_abs_rel_error'])} before, {pct(summ['after']['worst_abs_rel_error'])} after"
+        + (f", {pct(summ['leave_one_out']['worst_abs_rel_error'])} leave-one-out" if "leave_one_out" in summ else "") + ".",
+    ]
+    base = hw.preset
+    if base is not None:
+        lines.append("# Everything not listed here comes from the base preset named by `preset:`.")
+    else:
+        lines.append("# The rows' scenario named no preset: its rates are copied here; only those marked fitted were.")
+    name = f"{hw.name}, calibrated to {csv_name}"
+    lines += [f"name: {_yaml_str(name)}",
+              f"source: {_yaml_str(f'calibrated {date} to {csv_name} {what} by runners.calibrate' + (f'; base preset {base}' if base else ''))}"]
+    if base is not None:
+        from .scenario import is_preset_path
+        ref = base
+        if is_preset_path(base):
+            try:
+                ref = str(Path(base).resolve().relative_to(out_path.resolve().parent))
+            except ValueError:
+                ref = str(Path(base).resolve())
+        lines.append(f"preset: {_yaml_str(ref)}")
+    elif hw.host_link:
+        lines.append(f"host_link: {_yaml_str(hw.host_link)}")
+    sections = list(FITTABLE_SECTIONS)
+    for section in sections:
+        node = getattr(hw, section, None)
+        if node is None:
+            continue
+        keys = [fl.name for fl in dataclasses.fields(node) if getattr(node, fl.name) is not None]
+        shown = [k for k in keys if f"{section}.{k}" in f.after or base is None]
+        if not shown:
+            continue
+        lines.append(f"{section}:")
+        for k in shown:
+            key = f"{section}.{k}"
+            if key in f.after:
+                note = (f"fitted {date} to {csv_name} {what}; start {f.start[key]:.{SIGNIFICANT}g}"
+                        f" ({100 * (f.after[key] / f.start[key] - 1):+.1f}%)")
+                if key in f.poorly_determined():
+                    note += f"; POORLY DETERMINED by these rows (spread x/{math.exp(f.posterior_sd[key]):.2f}), stays near its start"
+                if key in f.at_bound:
+                    note += "; stopped at its bound"
+                lines.append(f"  {k}: {f.after[key]:.{SIGNIFICANT}g}   # {note}")
+            else:
+                lines.append(f"  {k}: {getattr(node, k)!r}   # not fitted: the rows' scenario's value")
+    if base is None:
+        ce = hw.cpu_efficiency
+        lines.append("cpu_efficiency:   # not fitted: the rows' scenario's values")
+        lines += [f"  {k}: {getattr(ce, k)!r}" for k in ("c1", "c2", "c3")]
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
