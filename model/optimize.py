@@ -21,6 +21,7 @@ import pyomo.environ as pyo
 
 from . import solvers
 from .accounting import build_accounting
+from .attention import best_of_modes
 from .bounds import SearchBounds, search_bounds
 from .build import ModelData, build_model
 from .families import batching
@@ -60,6 +61,13 @@ class Result:
     sensitivity: Sensitivity | None = None
     expert_setup: ExpertSetup | None = None         # expert-aware features in effect (None: the core model)
     expert_decision: Decision | None = None
+    attention_requested: str | None = None          # policy.attention asked for (auto: both modes were tried)
+    attention_throughputs: dict[str, float | None] | None = None   # auto: tokens/s of each mode (None: infeasible)
+
+    @property
+    def attention(self) -> str:
+        """Where decode attends the off-GPU KV cache in this result: ``cpu`` or ``gpu`` (model.attention)."""
+        return self.accounting.attention
 
     @property
     def pinned_experts(self) -> list[list[int]]:
@@ -129,6 +137,8 @@ def capacity_violations(acc: Accounting, g: int, N: int, p, capacity: dict, usab
 
 def evaluate_policy(sc: Scenario, g: int, N: int, percent) -> Result:
     """Predict the throughput, times and peaks of one fully fixed policy (no solver)."""
+    if sc.policy.attention == "auto":   # both attention modes; the faster (model.attention)
+        return best_of_modes(evaluate_policy, sc, g, N, percent)
     t0 = time.perf_counter()
     acc = build_accounting(sc)
     setup = ExpertSetup.from_scenario(sc)
@@ -193,6 +203,8 @@ def optimize(sc: Scenario, *, sensitivity: bool = True, integer_percents: bool =
         if res.status == "infeasible":
             raise Infeasible(res.infeasible_reasons)
         return res
+    if pol.attention == "auto":   # both attention modes; the better optimum (model.attention)
+        return best_of_modes(optimize, sc, sensitivity=sensitivity, integer_percents=integer_percents)
     t_start = time.perf_counter()
     solvers.check_options(sc.solver.name, sc.solver.options)  # fail fast: unknown solver, missing, bad option
     data, bounds = model_data(sc)

@@ -124,6 +124,9 @@ def to_json(res: Result) -> dict[str, Any]:
             "placement": {k: {d: res.fractions[(k, d)] for d in DEVICES} for k in TENSOR_KINDS},
             "pinned_experts": res.pinned_experts,
             "cpu_experts": res.cpu_experts,
+            "attention": res.attention,
+            "attention_requested": res.attention_requested or res.attention,
+            "attention_tokens_per_s": res.attention_throughputs,
         }
     ev = res.evaluation
     if ev is not None:
@@ -181,6 +184,18 @@ def to_json(res: Result) -> dict[str, Any]:
     return out
 
 
+def _attention_text(res: Result) -> str:
+    """Where decode attends the off-GPU KV cache, and (auto) both modes' throughputs."""
+    from .attention import MODE_NAMES
+
+    text = MODE_NAMES[res.attention]
+    if res.attention_throughputs:
+        both = ", ".join(f"{m.upper()} " + ("infeasible" if t is None else f"{t:.4f}")
+                         for m, t in res.attention_throughputs.items())
+        text += f"; auto: the faster of {both} tokens/s"
+    return text
+
+
 def to_text(res: Result) -> str:
     """A readable report: policy, throughput, time breakdown, memory, solver, FlexLLMGen flags."""
     sc, acc, ev = res.scenario, res.accounting, res.evaluation
@@ -208,6 +223,7 @@ def to_text(res: Result) -> str:
             f"Policy ({res.status})",
             f"  GPU batch size     {res.gpu_batch_size}",
             f"  GPU batches        {res.num_gpu_batches}   (block of {res.block_size} sequences)",
+            f"  attention          {_attention_text(res)}",
             "  placement             GPU       CPU      disk",
         ]
         for k in TENSOR_KINDS:

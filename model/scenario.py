@@ -187,6 +187,9 @@ class Policy:
     percent: list[float] | None = field(
         default=None, metadata=rule(ge=0, le=100, doc="wg wc cg cc hg hc, as FlexLLMGen's --percent")
     )
+    # where decode attends the off-GPU KV cache (model.attention): cpu (FlexGen --cpu-cache-compute),
+    # gpu (copied to the GPU each step, FlexGen's default) or auto (the faster of the two)
+    attention: Literal["cpu", "gpu", "auto"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -163,6 +163,20 @@ class ExpertGroup:
 
 
 @dataclass
+class AttentionDelta:
+    """What attending the off-GPU KV cache on the GPU adds to the CPU-attention accounting.
+
+    ``time[group][(phase, component)]`` and ``memory[(device, phase)].home`` /
+    ``.working[group]`` are quantities in the shape above; the GPU-attention accounting is
+    ``base + delta`` term by term (:func:`model.attention.apply_attention`), so a MILP can
+    write ``base + a * delta`` with a binary ``a``. A group absent from a map adds nothing.
+    """
+
+    time: dict[str, dict[tuple[str, str], Quantity]] = field(default_factory=dict)
+    memory: dict[tuple[str, str | None], MemoryTerms] = field(default_factory=dict)
+
+
+@dataclass
 class Accounting:
     """Everything the optimization model needs, as plain numbers (GiB, seconds).
 
@@ -193,6 +207,9 @@ class Accounting:
     expert_gpu_flops: float = 1.0            # FLOP/s at which the GPU runs them (decode)
     experts_every_token: bool = False        # the accounting runs every expert for every token (flexllmgen)
     hidden_gib_per_token: float = 0.0        # one token's hidden state (fp16), sent to a CPU expert and back
+    # --- attention placement (model.attention) ----------------------------------------------
+    attention: str = "cpu"                   # where the off-GPU KV cache is attended in decode: cpu | gpu
+    gpu_attention_delta: AttentionDelta | None = None   # gpu = this accounting (cpu) + the delta
 
     @property
     def num_layers(self) -> int:

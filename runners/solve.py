@@ -12,18 +12,22 @@ Output (stdout):
     --format text    the readable report (the default)
     --format json    one JSON object, model.report.to_json (DESIGN.md section 4); --json is the same
     --format yaml    the same object as YAML (yaml.safe_dump, keys in the JSON's order)
-    --flexllmgen     instead of a report, one FlexLLMGen command line that runs the policy:
-                     python -m MODULE --model ID --path DIR --prompt-len S --gen-len N
+    --flexllmgen     instead of a report, one command line of FlexGen's MoE fork that runs the
+                     policy: python -m MODULE --model ID --path DIR --prompt-len S --gen-len N
                      --gpu-batch-size G --num-gpu-batches N' --percent WG WC CG CC HG HC
-                     [--compress-weight], with the integer percents that fit (N' < N
-                     when none fit at N; model.report.flexllmgen_flags)
+                     [--cpu-cache-compute] [--compress-weight], with the integer percents that
+                     fit (N' < N when none fit at N; model.report.flexllmgen_flags);
+                     --cpu-cache-compute exactly when the policy attends KV cache on the CPU
 
 The FlexLLMGen model id is ``--flexllmgen-model`` when given, else the Hugging Face
 repo id recorded as ``"_source"`` (or ``"_name_or_path"``) in the scenario's
 ``model.hf_config`` JSON, else mistralai/Mixtral-8x7B-v0.1 when the scenario's
 architecture numbers are Mixtral-8x7B's (t4_reference, a100_16g). The entry-point
-module (``--flexllmgen-module``, default flexllmgen.flex_moe) is an assumption: FlexLLMGen's
-MoE entry point could not be verified here.
+module (``--flexllmgen-module``) defaults to ``flexgen.flex_moe`` of FlexGen's MoE fork
+(lynnliu030/FlexGen, branch moe, checked at commit a80c8d1: its ``add_parser_arguments``
+takes every flag printed here; none is required; ``--model`` defaults to an OPT model, so it
+is always printed). That module cannot load compressed MoE weights (``init_weight_list_moe``
+has no compressed path), so a compressed scenario gets no command line for it (exit 2).
 
 Exit status: 0 a policy was found or evaluated; 1 infeasible, or no policy
 (solver failure, time limit without one), or --flexllmgen and no integer percents
@@ -67,13 +71,15 @@ FLAG_FIELDS = {
     "pin_experts": ("--pin-experts", "experts.pin_experts"),
     "cpu_experts": ("--cpu-experts", "experts.cpu_experts"),
     "routing": ("--routing", "experts.routing_trace"),
+    "attention": ("--attention", "policy.attention"),
 }
 
 
 FORMATS = ("text", "json", "yaml")
 
-# FlexLLMGen command line (--flexllmgen)
-FLEXLLMGEN_MODULE = "flexllmgen.flex_moe"   # assumed MoE entry point: not verifiable here, see --flexllmgen-module
+# FlexGen MoE fork command line (--flexllmgen): lynnliu030/FlexGen, branch moe, commit a80c8d1
+FLEXLLMGEN_MODULE = "flexgen.flex_moe"      # the fork's MoE entry point (flexgen/flex_moe.py, add_parser_arguments)
+FORK = "FlexGen's MoE fork (lynnliu030/FlexGen, branch moe, a80c8d1)"
 FLEXLLMGEN_PATH = "_DUMMY_"                 # FlexLLMGen's --path value for dummy weights (throughput runs)
 MIXTRAL_8X7B_ID = "mistralai/Mixtral-8x7B-v0.1"
 MIXTRAL_8X7B_NUMBERS = {"num_layers": 32, "hidden_size": 4096, "intermediate_size": 14336,
@@ -104,6 +110,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--num-gpu-batches", type=int, metavar="N", help="fix the number of GPU batches N")
     g.add_argument("--percent", type=float, nargs=6, metavar=("WG", "WC", "CG", "CC", "HG", "HC"),
                    help="fix placement percents as FlexLLMGen's --percent (disk takes the rest)")
+    g.add_argument("--attention", choices=("cpu", "gpu", "auto"),
+                   help="where decode attends the KV cache held off the GPU: cpu (FlexGen's --cpu-cache-compute), "
+                        "gpu (copied to the GPU every step, FlexGen's default) or auto (default: the faster)")
     g = p.add_argument_group("expert-aware policies (README: Expert-aware policies)")
     g.add_argument("--expert-traffic", choices=("all", "expected"),
                    help="decode moves every expert of a layer (all: the reference's assumption) or only those "
@@ -127,13 +136,13 @@ def parser() -> argparse.ArgumentParser:
                         "yaml: the same object as YAML")
     g.add_argument("--json", action="store_true", help="the same as --format json")
     g.add_argument("--flexllmgen", action="store_true",
-                   help="print, instead of the report, one FlexLLMGen command line that runs the policy "
-                        "(integer percents that fit; --compress-weight when model.compress_weights is set); "
+                   help=f"print, instead of the report, one command line of {FORK} that runs the policy "
+                        "(integer percents that fit; --cpu-cache-compute when it attends KV cache on the CPU; "
+                        "--compress-weight when model.compress_weights is set and the module is not the fork's); "
                         "exit 1 when no integer percents fit")
     g.add_argument("--flexllmgen-module", metavar="MODULE", default=FLEXLLMGEN_MODULE,
-                   help=f"Python module of FlexLLMGen's MoE entry point (default {FLEXLLMGEN_MODULE}: an "
-                        "assumption, not verified against FlexLLMGen; FlexLLMGen's OPT entry point is "
-                        "flexllmgen.flex_opt)")
+                   help=f"Python module of the MoE entry point (default {FLEXLLMGEN_MODULE}, flexgen/flex_moe.py "
+                        "of the fork; upstream FlexLLMGen has no MoE module)")
     g.add_argument("--flexllmgen-model", metavar="ID",
                    help="the --model value (a Hugging Face repo id). Default: the \"_source\" (else "
                         "\"_name_or_path\") recorded in the scenario's model.hf_config JSON; else "
@@ -241,6 +250,10 @@ def check_flexllmgen(sc, args) -> str:
         raise InputError("--flexllmgen-model", None,
                          f"no Hugging Face model id is known for this scenario ({where}); give --flexllmgen-model ID")
     cw = sc.model.compress_weights
+    if cw is not None and args.flexllmgen_module == FLEXLLMGEN_MODULE:
+        raise InputError("model.compress_weights", {"bits": cw.bits, "group_size": cw.group_size},
+                         f"{FORK} cannot load compressed MoE weights (flex_moe.init_weight_list_moe has no "
+                         "compressed path); give --flexllmgen-module for a runtime that can")
     if cw is not None and (cw.bits, cw.group_size) != FLEXLLMGEN_COMPRESSION:
         raise InputError("model.compress_weights", {"bits": cw.bits, "group_size": cw.group_size},
                          "FlexLLMGen's --compress-weight is 4-bit with group size 64; "
@@ -257,9 +270,11 @@ def flexllmgen_command(res, args, model_id: str) -> str | None:
     head = ["python", "-m", args.flexllmgen_module, "--model", model_id, "--path", args.flexllmgen_path,
             "--prompt-len", str(sc.workload.prompt_len), "--gen-len", str(sc.workload.gen_len)]
     tail = " --compress-weight" if sc.model.compress_weights is not None else ""
-    if res.flexllmgen_percent[2] < 100:
-        # the cost model attends over CPU- and disk-held KV cache on the CPU (FlexLLMGen's
-        # --cpu-cache-compute); without the flag FlexLLMGen would move that cache to the GPU
+    if res.attention == "cpu" and res.flexllmgen_percent[2] < 100:
+        # the policy attends CPU- and disk-held KV cache on the CPU (--cpu-cache-compute); without
+        # the flag the fork copies that cache to the GPU each step (policy.attention: gpu). With all
+        # of the cache on the GPU nothing attends on the CPU, and the flag would make the fork copy
+        # it to the CPU (SelfAttention.load_cache, path 1): no flag.
         tail += " --cpu-cache-compute"
     return f"{shlex.join(head)} {flags}{tail}"
 

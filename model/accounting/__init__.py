@@ -38,7 +38,15 @@ def architecture_of(scenario: Scenario) -> Architecture:
 
 
 def build_accounting(scenario: Scenario) -> Accounting:
-    """The accounting of ``scenario.model.accounting`` for this scenario.
+    """The accounting of ``scenario``, in its attention mode (``policy.attention``; ``auto``: the
+    CPU-attention base, whose ``gpu_attention_delta`` gives the other mode, model.attention)."""
+    from ..attention import apply_attention
+
+    return apply_attention(_build_base(scenario), "gpu" if scenario.policy.attention == "gpu" else "cpu")
+
+
+def _build_base(scenario: Scenario) -> Accounting:
+    """The accounting of ``scenario.model.accounting`` for this scenario (CPU attention).
 
     With per-layer routing that differs between layers, or with experts pinned or
     computed on the CPU (decisions per layer), every MoE layer is its own layer group.

@@ -32,9 +32,19 @@ Item by item against the reference (``flexllmgen``), for each layer group:
 
 Kept from the reference on purpose: the overlap structure (DESIGN.md section 1),
 all routed experts' weights moving in every layer (expert-aware traffic is a
-separate feature), activations never on disk, the weight-staging buffers
-(``2*W*(1-wg)`` on the GPU, ``W*(1-wg)`` on the CPU in prefill), and the decode disk
-read of weights at 95% of the disk rate.
+separate feature), activations never on disk, the CPU weight-staging buffer
+(``W*(1-wg)`` in prefill), and the decode disk read of weights at 95% of the disk rate.
+
+Weight staging on the GPU is ``W*(1-wg)``, one layer, where the reference counts two
+(current + prefetched layer): FlexGen's MoE fork runs attention and MoE as separate
+sub-layers (``sep_layer=True``, its default and the artifact's setting) and prefetches
+only the next sub-layer, so at most an attention and a MoE sub-layer (one layer's
+weights) are staged at once (docs/fidelity_notes.md (c)).
+
+``gpu_attention_delta`` (:mod:`model.attention`): FlexGen without ``--cpu-cache-compute``
+copies the off-GPU KV cache to the GPU in every decode step and attends there
+(docs/fidelity_notes.md (a)); the delta adds those bytes, buffers and times to this
+(CPU-attention) accounting.
 """
 
 from __future__ import annotations
@@ -43,8 +53,8 @@ from ..architecture import (Architecture, LayerGroup as ArchGroup, attention_par
                             expert_params, kv_cache_elements_per_token_per_layer, layer_dense_params,
                             mlp_matrix_params, norm_params, parameter_counts, routing)
 from ..scenario import Scenario
-from ..terms import (COMPONENTS, DEVICES, MEMORY_KEYS, PHASES, Accounting, ExpertGroup, LayerGroup, MemoryTerms,
-                     Quantity)
+from ..terms import (COMPONENTS, DEVICES, MEMORY_KEYS, PHASES, Accounting, AttentionDelta, ExpertGroup, LayerGroup,
+                     MemoryTerms, Quantity)
 from .flexllmgen import DECODE_DISK_WEIGHT_EFFICIENCY
 
 GIB = float(2**30)
@@ -180,6 +190,7 @@ def build(sc: Scenario, arch: Architecture) -> Accounting:
     emb_gib = gib(parameter_counts(arch).embeddings * FP16)   # resident on the GPU, fp16
 
     groups = []
+    delta = AttentionDelta()
     for grp in arch.groups:
         W = weights[grp.name]
         mm_flops = 2 * (attention_params(arch) + _mlp_active_matrix_params(arch, grp))  # per token
@@ -209,6 +220,12 @@ def build(sc: Scenario, arch: Architecture) -> Accounting:
         comp.sequence.add(gpu_attn, "cache", "gpu")
         comp.sequence.add(cpu_attn, "cache", *off_gpu)
         groups.append(LayerGroup(grp.name, grp.count, T))
+        # GPU attention (docs/fidelity_notes.md (a), path 0 of the fork's SelfAttention.load_cache):
+        # the off-GPU K/V of the context cross CPU->GPU every step (a disk part first disk->CPU, as
+        # above), and their attention runs at the GPU's rate instead of the CPU's. Prefill: unchanged.
+        dt = delta.time[grp.name] = {("decode", "ctog"): Quantity(), ("decode", "comp"): Quantity()}
+        dt["decode", "ctog"].sequence.add(gib(ctx * kv_bytes) / bw.cpu_to_gpu, "cache", *off_gpu)
+        dt["decode", "comp"].sequence.add(gpu_attn - cpu_attn, "cache", *off_gpu)
 
     head = {(ph, c): Quantity() for ph in PHASES for c in COMPONENTS}
     head_roof = _gemm_roofline(2 * h1 * vocab, lambda t: FP16 * h1 * vocab, peak, hbm)  # last position only
@@ -219,6 +236,8 @@ def build(sc: Scenario, arch: Architecture) -> Accounting:
     # ---- memory (GiB) ----------------------------------------------------------
     all_w = sum(g.count * weights[g.name] for g in arch.groups)
     M = {key: MemoryTerms() for key in MEMORY_KEYS}
+    # GQA-expanded K+V bytes per token that the fork's mha_gen materializes (expand + reshape)
+    expanded_kv = FP16 * (kv_full if arch.attention.kind == "mla" else 2 * q_out)
     dequant = 0.0
     if sc.model.compress_weights is not None:
         dequant = max(gib(FP16 * _largest_matrix_group(arch, g)) for g in arch.groups)
@@ -236,7 +255,7 @@ def build(sc: Scenario, arch: Architecture) -> Accounting:
             W = weights[grp.name]
             slots = _mlp_slot_elements(arch, grp)
             work = M["gpu", phase].working[grp.name] = Quantity(const=dequant)
-            work.weights(2 * W, *off_gpu)                        # current + prefetched layer
+            work.weights(W, *off_gpu)     # current + prefetched sub-layer: at most one layer (module doc)
             work.microbatch.add(gib(FP16 * act_tokens * h1), "activations", *off_gpu)
             cpu = M["cpu", phase].working[grp.name] = Quantity()
             if phase == "prefill":
@@ -253,6 +272,18 @@ def build(sc: Scenario, arch: Architecture) -> Accounting:
                 cpu.microbatch.add(gib(2 * (s + n) * kv_bytes), "cache", "disk")   # double-buffered disk KV
                 cpu.microbatch.add(gib(FP16 * nh * (s + n)), "cache", *off_gpu)    # CPU attention scores
                 cpu.microbatch.const = gib(FP16 * h1)
+                # GPU attention, per sequence of the micro-batch: the loaded K/V of the current and of the
+                # prefetched micro-batch (load_cache(i, j, k+1)), their GQA-expanded copies, the scores;
+                # on the CPU the pinned relay copy of the CPU-held K/V (general_copy: src.pin_memory()),
+                # and no CPU attention scores.
+                gw = Quantity()
+                gw.microbatch.add(gib(2 * (s + n) * kv_bytes + (s + n) * expanded_kv + FP16 * nh * (s + n)),
+                                  "cache", *off_gpu)
+                cw = Quantity()
+                cw.microbatch.add(gib((s + n) * kv_bytes), "cache", "cpu")
+                cw.microbatch.add(-gib(FP16 * nh * (s + n)), "cache", *off_gpu)
+                delta.memory.setdefault(("gpu", phase), MemoryTerms()).working[grp.name] = gw
+                delta.memory.setdefault(("cpu", phase), MemoryTerms()).working[grp.name] = cw
         work = M["gpu", phase].working[HEAD_GROUP] = Quantity(const=dequant)
         work.microbatch.const = gib(FP16 * (h1 + vocab))                     # hidden + logits
         M["cpu", phase].working[HEAD_GROUP] = Quantity()
@@ -303,4 +334,5 @@ def build(sc: Scenario, arch: Architecture) -> Accounting:
         expert_gpu_flops=peak,
         experts_every_token=False,
         hidden_gib_per_token=gib(FP16 * h1),
+        gpu_attention_delta=delta,
     )

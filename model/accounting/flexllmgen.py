@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 
 from ..scenario import Scenario
-from ..terms import COMPONENTS, DEVICES, MEMORY_KEYS, PHASES, Accounting, ExpertGroup, LayerGroup, MemoryTerms, Quantity
+from ..terms import (COMPONENTS, DEVICES, MEMORY_KEYS, PHASES, Accounting, AttentionDelta, ExpertGroup, LayerGroup,
+                     MemoryTerms, Quantity)
 
 GIB = float(2**30)
 TERA = 1e12
@@ -82,6 +83,15 @@ def build(sc: Scenario) -> Accounting:
     comp.sequence.add(4 * (s + n / 2) * h1 / (fl.gpu_bmm_decode * TERA), "cache", "gpu")
     comp.cpu_attention.add(4 * (s + n / 2) * h1 / (fl.cpu * TERA), "cache", *off_gpu)
 
+    # ---- GPU attention (model.attention): the off-GPU cache is copied to the GPU each decode step
+    # (the reference's cache bytes, 4*kv per token, over cpu_to_gpu) and attended there at the
+    # reference's GPU rate instead of its CPU rate (docs/fidelity_notes.md (a)); prefill unchanged.
+    delta = AttentionDelta(time={GROUP: {("decode", "ctog"): Quantity(), ("decode", "comp"): Quantity()}})
+    dt = delta.time[GROUP]
+    dt["decode", "ctog"].sequence.add(gib(4 * (s + n / 2) * kv) / bw.cpu_to_gpu, "cache", *off_gpu)
+    dt["decode", "comp"].sequence.add(4 * (s + n / 2) * h1 / (fl.gpu_bmm_decode * TERA), "cache", *off_gpu)
+    dt["decode", "comp"].cpu_attention.add(-4 * (s + n / 2) * h1 / (fl.cpu * TERA), "cache", *off_gpu)
+
     # ---- memory (GiB): home + working (DESIGN.md 3a) ------------------------
     M = {key: MemoryTerms(working={GROUP: Quantity()}) for key in MEMORY_KEYS}
     for phase, act_bytes in (("prefill", 2 * s * h1), ("decode", 2 * h1)):
@@ -102,6 +112,12 @@ def build(sc: Scenario) -> Accounting:
     work.microbatch.add(gib(4 * (s + n) * h1 + (2 * h1 + 2 * (s + n) * h1 + 2 * nh * (s + n))
                             + (2 * (s + n) * h1 + 2 * h1)), "cache", "gpu")
     work.microbatch.const = gib(8 * h1 + 4 * h1 + E + E * (2 * h1 + 2 * h2))
+    # GPU attention: the reference's own decode buffers of GPU-held cache, for the off-GPU cache too
+    gpu_cache_buffers = gib(4 * (s + n) * h1 + (2 * h1 + 2 * (s + n) * h1 + 2 * nh * (s + n))
+                            + (2 * (s + n) * h1 + 2 * h1))
+    gw = Quantity()
+    gw.microbatch.add(gpu_cache_buffers, "cache", *off_gpu)
+    delta.memory[("gpu", "decode")] = MemoryTerms(working={GROUP: gw})
     home = M["cpu", "prefill"].home                                      # cpu_home_p
     home.weights(l * W, "cpu")
     home.sequence.add(gib(2 * s * h1), "activations", "cpu")
@@ -149,4 +165,5 @@ def build(sc: Scenario) -> Accounting:
         expert_gpu_flops=fl.gpu_matmul_decode * TERA,
         experts_every_token=True,                 # the reference runs every expert for every token
         hidden_gib_per_token=gib(2 * h1),
+        gpu_attention_delta=delta,
     )
