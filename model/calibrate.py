@@ -88,7 +88,7 @@ class Measurement:
 
 
 def _where(csv_name: str, row: int | str, column: str) -> str:
-    return f"{csv_name} row {row}, column {column}"
+    return f"{csv_name} {'row ' if isinstance(row, int) else ''}{row}, column {column}"
 
 
 def _int_cell(text: str, where: str, lo: int = 1) -> int:
