@@ -140,7 +140,7 @@ def main(argv=None) -> int:
             enum = ""
             wanted = args.enumerate == "all" or path.stem in args.enumerate.split(",")
             if not args.no_enumeration and wanted and name in (None, names[0]):
-                data, bd = model_data(sc)
+                data, bd = model_data(res.scenario)   # the attention mode that optimize() chose
                 e = enumerate_policies(data.accounting, data.capacity_gib, data.alpha, bd.g_lo, bd.g_hi, bd.N_lo,
                                        bd.N_hi, bd.b_hi, data.fixed_fractions)
                 enum = f" {e.seconds:8.2f} {e.lps_solved:7d} {e.seconds / (build + solve):16.1f}x"
