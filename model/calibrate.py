@@ -294,8 +294,8 @@ class Fit:
         for k in self.poorly_determined():
             out.append(f"{k} is poorly determined by the rows: its spread after the fit is x/{math.exp(self.posterior_sd[k]):.2f} "
                        f"against x/{math.exp(self.prior_sd):.2f} before (the rows shrink it by "
-                       f"{100 * (1 - self.posterior_sd[k] / self.prior_sd):.0f}%); it stays near its start, "
-                       "so add rows that it limits or leave it out of --fit")
+                       f"{100 * (1 - self.posterior_sd[k] / self.prior_sd):.0f}%): its value is set mostly by the pull "
+                       "toward its start, not by the rows; add rows that it limits, or leave it out of --fit")
         for k in self.at_bound:
             lo, hi = self.bounds[k]
             out.append(f"{k} = {self.after[k]:.6g} stopped at its bound [{lo:.6g}, {hi:.6g}] ({BOUND_FACTOR:g}x either "
@@ -472,7 +472,8 @@ def preset_text(cal: Calibration, csv_name: str, out_path: Path, command: str, d
                 note = (f"fitted {date} to {csv_name} {what}; start {f.start[key]:.{SIGNIFICANT}g}"
                         f" ({100 * (f.after[key] / f.start[key] - 1):+.1f}%)")
                 if key in f.poorly_determined():
-                    note += f"; POORLY DETERMINED by these rows (spread x/{math.exp(f.posterior_sd[key]):.2f}), stays near its start"
+                    note += (f"; POORLY DETERMINED by these rows (spread x/{math.exp(f.posterior_sd[key]):.2f}): "
+                             "set mostly by the pull toward its start")
                 if key in f.at_bound:
                     note += "; stopped at its bound"
                 lines.append(f"  {k}: {f.after[key]:.{SIGNIFICANT}g}   # {note}")

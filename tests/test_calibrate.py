@@ -263,7 +263,7 @@ def test_held_out_generation_lengths_of_the_t4_within_15_median_30_worst(tmp_pat
     s_yaml = tmp_path / "S.yaml"
     s_yaml.write_text(machine_yaml.read_text().replace("preset: t4", "preset: cal.yaml")
                       .replace("../models/", str(ROOT / "scenarios" / "models") + "/"))
-    errors = []
+    errors, predicted = [], {}
     for r in held:
         _, _, gen, g, n, percent, mode, measured = r.split(",")[:8]
         proc = run_module("runners.solve", s_yaml, "--gen-len", gen, "--gpu-batch-size", g, "--num-gpu-batches", n,
@@ -272,5 +272,13 @@ def test_held_out_generation_lengths_of_the_t4_within_15_median_30_worst(tmp_pat
         out = json.loads(proc.stdout)
         assert out["policy"]["attention"] == mode
         errors.append(abs(out["throughput_tokens_per_s"] / float(measured) - 1))
+        predicted[gen, mode] = out["throughput_tokens_per_s"]
     errors.sort()
     assert (errors[1] + errors[2]) / 2 <= 0.15 and errors[-1] <= 0.30, errors
+    # --attention auto picks the mode the calibrated model predicts faster (here GPU, as measured)
+    _, _, gen, g, n, percent = held[0].split(",")[:6]
+    proc = run_module("runners.solve", s_yaml, "--gen-len", gen, "--gpu-batch-size", g, "--num-gpu-batches", n,
+                      "--percent", *percent.split(), "--attention", "auto", "--json")
+    assert proc.returncode == 0, proc.stderr
+    faster = max(("cpu", "gpu"), key=lambda mode: predicted[gen, mode])
+    assert json.loads(proc.stdout)["policy"]["attention"] == faster == "gpu"
