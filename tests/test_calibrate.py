@@ -282,3 +282,24 @@ def test_held_out_generation_lengths_of_the_t4_within_15_median_30_worst(tmp_pat
     assert proc.returncode == 0, proc.stderr
     faster = max(("cpu", "gpu"), key=lambda mode: predicted[gen, mode])
     assert json.loads(proc.stdout)["policy"]["attention"] == faster == "gpu"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_mid_fit_exits_130_or_143_and_leaves_nothing(tmp_path, sig, code):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "runners.calibrate", str(MEASURED), "--out", str(tmp_path / "c.yaml")],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)   # imports, reading the rows, into the fit (which takes tens of seconds)
+    assert proc.poll() is None, "finished before the signal: the instance is too small for this test"
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
