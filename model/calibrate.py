@@ -107,6 +107,12 @@ def attention_supported() -> bool:
     return any(f.name == "attention" for f in dataclasses.fields(Policy))
 
 
+# the scenario key each row cell overrides, for naming the cell in an error
+OVERRIDE_COLUMNS = {"workload.prompt_len": "prompt_len", "workload.gen_len": "gen_len",
+                    "policy.gpu_batch_size": "gpu_batch_size", "policy.num_gpu_batches": "num_gpu_batches",
+                    "policy.percent": "percent", "policy.attention": "attention"}
+
+
 def row_overrides(m: Measurement) -> dict[str, Any]:
     out: dict[str, Any] = {
         "workload.prompt_len": m.prompt_len, "workload.gen_len": m.gen_len,
@@ -184,6 +190,9 @@ def _row(path: Path, name: str, r: int, lineno: int, cell: dict[str, str]) -> Me
     try:
         sc = load_scenario(scenario_path, row_overrides(m))
     except InputError as exc:
+        column = OVERRIDE_COLUMNS.get(exc.field)
+        if column is not None:   # the row's own cell (a policy the scenario rules out)
+            raise InputError(w(column), cell[column], exc.problem) from None
         if exc.field == "scenario" and exc.value == str(scenario_path):   # the file itself
             raise InputError(w("scenario"), cell["scenario"], exc.problem) from None
         raise InputError(w("scenario"), cell["scenario"], f"{exc.field} = {exc.value!s:.80}: {exc.problem}") from None

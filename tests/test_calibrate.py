@@ -167,6 +167,7 @@ def one_line(err: str) -> str:
     (lambda h, rows: (h, [rows[0], rows[1].rsplit(",", 2)[0] + ",-3,synthesized"]), "row 2, column measured_tokens_per_s"),
     (lambda h, rows: (h, [rows[0].rsplit(",", 2)[0] + ",0,synthesized"]), "row 1, column measured_tokens_per_s"),
     (lambda h, rows: (h, [rows[0].replace(ALL_CPU, "0 100 0 100")]), "row 1, column percent"),
+    (lambda h, rows: (h, [rows[0], rows[1].replace(ALL_CPU, "60 60 0 100 0 100")]), "row 2, column percent"),
     (lambda h, rows: (h, [rows[0].replace(",64,8,4,", ",64,eight,4,")]), "row 1, column gen_len"),
     (lambda h, rows: (h, [rows[0].replace("machine.yaml", "absent.yaml")]), "row 1, column scenario"),
     (lambda h, rows: (h, [rows[0].rsplit(",", 1)[0] + ","]), "row 1, column source"),
