@@ -39,6 +39,23 @@ def _delta_for(table: dict, group: str):
     return table.get(parent) if parent != group else None
 
 
+def time_delta(acc: Accounting, group: str) -> dict[tuple[str, str], Quantity]:
+    """What ``gpu`` adds to layer group ``group``'s time quantities, by (phase, component) (may be empty)."""
+    delta = acc.gpu_attention_delta
+    return (_delta_for(delta.time, group) or {}) if delta is not None else {}
+
+
+def memory_delta(acc: Accounting, key: tuple, group: str) -> Quantity | None:
+    """What ``gpu`` adds to memory ``key`` = (device, phase) while ``group`` runs (None: nothing):
+    the delta of the peak case ``home + working[group]`` (a MILP family: ``case + a * this``)."""
+    delta = acc.gpu_attention_delta
+    dm = delta.memory.get(key) if delta is not None else None
+    if dm is None:
+        return None
+    extra = _delta_for(dm.working, group)
+    return dm.home if extra is None else dm.home.plus(extra)
+
+
 def apply_attention(acc: Accounting, mode: str) -> Accounting:
     """``acc`` (the CPU-attention accounting) in attention mode ``mode``: a new Accounting.
 
@@ -89,9 +106,10 @@ def best_of_modes(run: Callable, sc, *args, **kwargs):
     """``run(sc_mode, ...)`` for ``cpu`` and ``gpu``; the faster result (ties: ``gpu``).
 
     A tie means no cache is off the GPU, so nothing would run on the CPU: ``gpu`` (FlexGen's
-    default, no ``--cpu-cache-compute``) is reported. When both modes are infeasible the
-    :class:`Infeasible` names both modes' reasons. The returned result records both modes'
-    throughputs in ``attention_throughputs``.
+    default, no ``--cpu-cache-compute``) is reported. When neither fits, an evaluation returns
+    the ``cpu`` result (status ``infeasible``), and an optimization raises :class:`Infeasible`
+    with both modes' reasons (a reason of both once). The returned result records
+    both modes' throughputs in ``attention_throughputs``.
     """
     results, failures = {}, {}
     for mode in MODES:
@@ -100,8 +118,12 @@ def best_of_modes(run: Callable, sc, *args, **kwargs):
         except Infeasible as exc:
             failures[mode] = exc
     if not results:
-        raise Infeasible([f"{mode} attention: {r}" for mode in MODES for r in failures[mode].reasons])
-    best = max(results.values(), key=lambda r: (_speed(r), r.accounting.attention == "gpu"))
+        cpu, gpu = failures["cpu"].reasons, failures["gpu"].reasons
+        # a reason of both modes (the weights fit nowhere) once; the others name their mode
+        raise Infeasible([r for r in cpu if r in gpu] + [f"cpu attention: {r}" for r in cpu if r not in gpu]
+                         + [f"gpu attention: {r}" for r in gpu if r not in cpu])
+    # the faster; a tie (no cache off the GPU) -> gpu; nothing fits -> cpu (the base model's reasons)
+    best = max(results.values(), key=lambda r: (_speed(r), (r.accounting.attention == "gpu") == (_speed(r) >= 0)))
     best.attention_requested = "auto"
     best.attention_throughputs = {mode: (_speed(results[mode]) if mode in results and _speed(results[mode]) >= 0
                                          else None) for mode in MODES}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from model import load_scenario, optimize
 from model.accounting import build_accounting
 from model.attention import apply_attention, with_mode
 from model.enumerate import enumerate_policies
-from model.errors import InputError
+from model.errors import Infeasible, InputError
 from model.optimize import evaluate_policy, model_data
 from model.scenario import from_dict
 from model.terms import evaluate, fractions_from_percent
@@ -114,6 +115,56 @@ def test_gpu_attention_delta_by_hand():
         G * per_seq_cpu / GIB, rel=1e-12)
     for key in (("gpu", "prefill"), ("cpu", "prefill"), ("disk", None)):
         assert eg.peak_memory_gib[key] == ec.peak_memory_gib[key]
+
+
+def test_gpu_attention_delta_of_the_reference_accounting_by_hand(t4):
+    """accounting: flexllmgen (t4_reference: s = 512, n = 32, h1 = 4096, nkv*hd = 1024, nh = 32).
+
+    Per sequence and layer in decode, for the off-GPU cache: 4 * (s + n/2) * 1024 bytes over
+    ctog_bdw 12.89 GiB/s; attention FLOPs 4 * (s + n/2) * h1 at bmm_flops_g 0.079 TFLOP/s instead
+    of cpu_flops 0.0123 TFLOP/s times the CPU efficiency 1 / max(0.1, 1 - c2 * log2(64/g))
+    (B = log2(4096/h1) = 0); GPU decode buffers: the reference's own GPU-cache buffers,
+    8 * (s+n) * h1 + 4 * h1 + 2 * nh * (s+n) bytes per sequence of the micro-batch.
+    """
+    g, N = 30, 63
+    pct = (0, 100, 0, 70, 0, 100)            # cache 70% CPU, 30% disk
+    p = fractions_from_percent(pct)
+    cpu = build_accounting(t4)
+    gpu = build_accounting(with_mode(t4, "gpu"))
+    ec, eg = evaluate(cpu, g, N, p), evaluate(gpu, g, N, p)
+    b, ctx, full = g * N, 512 + 16, 512 + 32
+    eff = 1 / max(0.1, 1 - 0.0328 * math.log2(64 / g))
+    dc, dg = ec.groups[0].layer_time_s["decode"], eg.groups[0].layer_time_s["decode"]
+    assert dg["ctog"] - dc["ctog"] == pytest.approx(b * 4 * ctx * 1024 / GIB / 12.89, rel=1e-12)
+    flops = 4 * ctx * 4096
+    assert dg["comp"] - dc["comp"] == pytest.approx(b * (flops / 0.079e12 - eff * flops / 0.0123e12), rel=1e-12)
+    per_seq = 8 * full * 4096 + 4 * 4096 + 2 * 32 * full
+    assert eg.peak_memory_gib["gpu", "decode"] - ec.peak_memory_gib["gpu", "decode"] == pytest.approx(
+        g * per_seq / GIB, rel=1e-12)
+    assert eg.groups[0].layer_time_s["prefill"] == ec.groups[0].layer_time_s["prefill"]
+
+
+def test_helpers_give_base_plus_delta_for_split_layer_groups():
+    """time_delta / memory_delta (for a MILP family's base + a * delta) match apply_attention,
+    also when every MoE layer is its own group (routing rows per layer)."""
+    from model.attention import memory_delta, time_delta
+
+    sc = from_dict({**copy.deepcopy(TINY), "experts": {"routing_probabilities": [[0.5, 0.3, 0.2], [0.2, 0.2, 0.6]]}})
+    base = build_accounting(sc)
+    gpu = apply_attention(base, "gpu")
+    assert {g.name for g in base.groups} == {"moe.0", "moe.1", "lm_head"}
+    for lb, lg in zip(base.groups, gpu.groups):
+        for key, q in lb.time.items():
+            d = time_delta(base, lb.name).get(key)
+            want = q.plus(d) if d is not None else q
+            assert want.value(G * NB, G, 1.0, P) == pytest.approx(lg.time[key].value(G * NB, G, 1.0, P), rel=1e-12)
+        assert bool(time_delta(base, lb.name)) == (lb.name != "lm_head")
+    for key, mt in base.memory.items():
+        for name, case in mt.cases():
+            d = memory_delta(base, key, name)
+            want = case.plus(d) if d is not None else case
+            got = dict(gpu.memory[key].cases())[name]
+            assert want.value(G * NB, G, 1.0, P) == pytest.approx(got.value(G * NB, G, 1.0, P), rel=1e-12)
 
 
 def test_gpu_attention_adds_nothing_when_the_cache_is_on_the_gpu():
@@ -215,6 +266,22 @@ def test_auto_evaluation_returns_the_faster_mode(make, winner):
     assert res.attention == winner and res.attention_requested == "auto"
     assert res.throughput_tokens_per_s == both[winner]
     assert res.attention_throughputs == both
+
+
+def test_auto_when_nothing_fits():
+    """Neither mode fits: evaluation reports the cpu result; optimization names the reason once."""
+    pct = (0, 100, 0, 75, 0, 100)
+    raw = copy.deepcopy(TINY)
+    raw["hardware"]["memory_gib"]["gpu"] = 0.002      # 2 MiB: less than one layer's staged weights (2.6 MB)
+    res = evaluate_policy(from_dict(raw), G, NB, pct)
+    assert res.status == "infeasible" and res.attention == "cpu"
+    assert res.attention_throughputs == {"cpu": None, "gpu": None}
+    raw["hardware"]["memory_gib"] = {"gpu": 0.002, "cpu": 0.002, "disk": 0}   # 5.3 MB of weights fit nowhere
+    with pytest.raises(Infeasible) as exc:
+        optimize(from_dict(raw), sensitivity=False)
+    reasons = exc.value.reasons
+    assert sum(r.startswith("weights") for r in reasons) == 1        # the same in both modes: once
+    assert any(r.startswith("gpu attention: GPU memory (decode)") for r in reasons)   # gpu needs more there
 
 
 def _small_t4(mode, cpu_to_gpu):
