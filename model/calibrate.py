@@ -182,8 +182,6 @@ def _row(path: Path, name: str, r: int, lineno: int, cell: dict[str, str]) -> Me
         raise InputError(w("measured_tokens_per_s"), cell["measured_tokens_per_s"], "expected a number") from None
     if not math.isfinite(measured) or measured <= 0:
         raise InputError(w("measured_tokens_per_s"), cell["measured_tokens_per_s"], "must be a positive number")
-    if not cell["source"]:
-        raise InputError(w("source"), "", "empty: name where the measurement was published or how it was taken")
     m = Measurement(row=r, line=lineno, scenario_path=scenario_path, prompt_len=prompt_len, gen_len=gen_len,
                     gpu_batch_size=g, num_gpu_batches=n, percent=percent, attention=attention,
                     measured_tokens_per_s=measured, source=cell["source"])

@@ -196,7 +196,8 @@ def run(argv=None) -> int:
     sc = rows[0].scenario
     keys = [k.strip() for k in args.fit.split(",")] if args.fit is not None else default_fit(sc)
     check_fit_keys(keys, sc)
-    warnings = []
+    warnings = [f"{csv_path.name} row {m.row} has an empty source: say where the measurement was published or "
+                "how it was taken" for m in rows if not m.source]
     if not attention_supported() and any(m.attention == "gpu" for m in rows):
         warnings.append("this model has no attention placement (policy.attention) yet: rows measured with "
                         "attention on the GPU are predicted with attention on the CPU")

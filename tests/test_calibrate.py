@@ -151,6 +151,15 @@ def test_runner_text_report_with_leave_one_out(tmp_path, capsys):
     assert "+0.0%" in stdout
 
 
+
+def test_an_empty_source_is_a_warning(tmp_path, capsys):
+    (line,) = synthesize(machine(tmp_path), {}, POLICIES[:1])
+    csv_path = write_csv(tmp_path, [line.rsplit(",", 1)[0] + ","])
+    code, _, err = call([csv_path, "--out", tmp_path / "c.yaml", "--fit", "tflops.cpu", "--no-loo"], capsys)
+    assert code == 0, err
+    assert "warning: runs.csv row 1 has an empty source" in err
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -170,7 +179,6 @@ def one_line(err: str) -> str:
     (lambda h, rows: (h, [rows[0], rows[1].replace(ALL_CPU, "60 60 0 100 0 100")]), "row 2, column percent"),
     (lambda h, rows: (h, [rows[0].replace(",64,8,4,", ",64,eight,4,")]), "row 1, column gen_len"),
     (lambda h, rows: (h, [rows[0].replace("machine.yaml", "absent.yaml")]), "row 1, column scenario"),
-    (lambda h, rows: (h, [rows[0].rsplit(",", 1)[0] + ","]), "row 1, column source"),
     (lambda h, rows: (h, []), "no measurement rows"),
 ])
 def test_bad_rows_exit_2_naming_row_and_column(tmp_path, capsys, edit, expect):
