@@ -103,11 +103,20 @@ def main(argv=None) -> int:
     ap.add_argument("--probe", action="store_true",
                     help="instead: runners.probe's CPU memory bandwidth and GEMM figures next to a direct numpy "
                          "copy and matmul timed in the same run, as ratios (runners/bench_probe.py)")
+    ap.add_argument("--fidelity", action="store_true",
+                    help="the README's fidelity table instead: each shipped measurement (the positional "
+                         "arguments are measurements CSVs; default scenarios/measurements/*.csv) against the "
+                         "model's prediction, shipped and calibrated (runners/bench_fidelity.py)")
+    ap.add_argument("--fit-gen-lens", default="32,128",
+                    help="--fidelity: the generation lengths the held-out check fits on (default: %(default)s)")
     add_debug_flag(ap)
     args = ap.parse_args(argv)
     if args.probe:
         from runners.bench_probe import probe_table
         return probe_table()
+    if args.fidelity:
+        from runners.bench_fidelity import fidelity_table, parse_gen_lens
+        return fidelity_table([Path(p) for p in args.scenarios], parse_gen_lens(args.fit_gen_lens))
     if args.experts:
         paths = [Path(p) for p in args.scenarios] or [ROOT / "scenarios" / "t4_reference.yaml",
                                                       ROOT / "scenarios" / "a100_16g.yaml"]
