@@ -194,7 +194,7 @@ def output_format(p: argparse.ArgumentParser, args) -> str:
         if args.format is not None or args.json:
             p.error("--flexllmgen prints a command line instead of the report: "
                     "it cannot be combined with --format or --json")
-        if args.write_model:
+        if args.write_model is not None:
             p.error("--flexllmgen cannot be combined with --write-model")
         return "flexllmgen"
     return fmt
@@ -271,7 +271,7 @@ def run(argv: list[str] | None = None) -> int:
     overrides = overrides_from(args)
     try:
         sc = load_scenario(args.scenario, overrides)
-        if args.write_model:
+        if args.write_model is not None:   # '' too: a bad file name, not "no flag"
             return write_model(sc, args.write_model)
         if fmt == "flexllmgen":
             model_id = check_flexllmgen(sc, args)
