@@ -75,6 +75,11 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def stdout_closed() -> None:
+    """Call on a BrokenPipeError from printing: later output goes nowhere, quietly."""
+    _silence_stdout()
+
+
 def _silence_stdout() -> None:
     """After the reader closed stdout: point fd 1 at /dev/null so the interpreter's final flush is quiet."""
     try:
@@ -93,9 +98,10 @@ def guarded(run: Callable[[list[str] | None], int], argv: list[str] | None = Non
     except ValueError:   # not the main thread: leave signals alone
         previous = None
     debug = _debug_requested(argv)
-    code = EXIT_FAILED
+    code = None   # until run() returns
     try:
         code = run(argv)
+        code = EXIT_OK if code is None else code
         sys.stdout.flush()
     except KeyboardInterrupt:
         say("interrupted")
@@ -104,8 +110,10 @@ def guarded(run: Callable[[list[str] | None], int], argv: list[str] | None = Non
         say("terminated")
         code = EXIT_TERMINATED
     except BrokenPipeError:
+        # the reader closed stdout while we printed: the work was done (a runner that prints a
+        # failure's report first catches it itself, with stdout_closed(), to keep its status)
         _silence_stdout()
-        code = EXIT_OK if code in (None, EXIT_OK) else code
+        code = EXIT_OK if code is None else code
     except InputError as exc:
         say(input_error_line(exc))
         code = EXIT_BAD_INPUT

@@ -44,7 +44,7 @@ import yaml
 from model import Infeasible, InputError, SolverError, evaluate_policy, load_scenario, optimize
 from model.optimize import build_for
 from model.report import flexllmgen_flags, to_json, to_text
-from runners.cli import OneLineParser, add_debug_flag, input_error_line, main_guard, say
+from runners.cli import OneLineParser, add_debug_flag, input_error_line, main_guard, say, stdout_closed
 
 # flag -> scenario field it overrides
 FLAG_FIELDS = {
@@ -201,12 +201,16 @@ def output_format(p: argparse.ArgumentParser, args) -> str:
 
 
 def emit(obj: dict, fmt: str) -> None:
-    """Print ``obj`` (the to_json object, or a status object) as JSON or YAML; nothing for text."""
-    if fmt == "json":
-        print(json.dumps(obj, indent=2))
-    elif fmt == "yaml":
-        # through JSON: plain lists, str keys and float values, exactly the --json object
-        print(yaml.safe_dump(json.loads(json.dumps(obj)), sort_keys=False), end="")
+    """Print ``obj`` (the to_json object, or a status object) as JSON or YAML; nothing for text.
+    A reader that closed stdout is tolerated quietly (the exit status stays the work's)."""
+    try:
+        if fmt == "json":
+            print(json.dumps(obj, indent=2), flush=True)
+        elif fmt == "yaml":
+            # through JSON: plain lists, str keys and float values, exactly the --json object
+            print(yaml.safe_dump(json.loads(json.dumps(obj)), sort_keys=False), end="", flush=True)
+    except BrokenPipeError:
+        stdout_closed()
 
 
 def flexllmgen_model_id(sc) -> str | None:

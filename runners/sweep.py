@@ -290,7 +290,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(base, str) or not base.strip():
         raise SweepInputError("base", base, "expected a scenario file path (relative to the sweep file)")
     base_path = (Path(base) if Path(base).is_absolute() else path.resolve().parent / base).resolve()
-    if not base_path.is_file():
+    if not base_path.exists():   # a FIFO or device exists: the input layer names what it is
         raise SweepInputError("base", base, f"scenario file not found ({base_path})")
     vary = raw.get("vary")
     if not isinstance(vary, list) or not 1 <= len(vary) <= 2:
