@@ -217,10 +217,9 @@ def flexllmgen_model_id(sc) -> str | None:
     """The Hugging Face repo id for FlexLLMGen's --model, or None when the scenario does not say."""
     spec = sc.model
     if spec.hf_config is not None:
-        try:
-            cfg = json.loads(Path(spec.hf_config).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            return None
+        from model.hf_config import _load   # the input layer: a FIFO or a bad file is bad input, not a hang
+
+        cfg = _load(Path(spec.hf_config))
         if isinstance(cfg, dict):
             for key in HF_ID_KEYS:
                 value = cfg.get(key)

@@ -465,6 +465,14 @@ def run_points(prepared: Prepared, jobs: int, progress: Progress) -> dict[int, d
                     rows[i] = _empty_row("error", f"worker failed: {exc.__class__.__name__}: {exc}")
                 progress.step()
         except BaseException:
+            # Ctrl-C, SIGTERM (runners.cli.Terminated): stop the workers now, or leaving the
+            # ``with`` would wait for their solves (minutes). Python 3.11's pool has no public
+            # way to do it: terminate its processes (``_processes``), then shut it down.
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                try:
+                    proc.terminate()
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return rows

@@ -185,6 +185,8 @@ CASES = [
     Case("hf-config-many-experts", "solve", [mistral_with_config(mixtral_config(num_local_experts=10**6))], 2,
          ["model.hf_config.num_local_experts"]),
     Case("hf-config-fifo", "solve", [mistral_with_config(fifo("config.json"))], 2, ["not a regular file"]),
+    Case("hf-config-fifo-flexllmgen", "solve", [mistral_with_config(fifo("config.json")), "--flexllmgen"], 2,
+         ["not a regular file"]),
     Case("hf-config-dev-zero", "solve", [mistral_with_config(lambda tmp: "/dev/zero")], 2, ["not a regular file"]),
     Case("hf-config-too-large", "solve", [mistral_with_config(" " * (5 << 20) + "{}")], 2, ["larger than"]),
     # ---- routing traces

@@ -91,3 +91,52 @@ def test_signal_during_solve(solver, sig, code, line, tmp_path):
         while _alive(kid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not _alive(kid), f"solver child {kid} still running"
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = _children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, line", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_during_parallel_sweep(sig, code, line, tmp_path):
+    """A sweep with two worker processes, each in a long solve: the signal stops them all."""
+    sweep = tmp_path / "w.yaml"
+    sweep.write_text(
+        f"base: {ROOT / 'scenarios' / 't4_reference.yaml'}\n"
+        "vary:\n  - field: workload.gen_len\n    values: [32, 33]\n"
+        "overrides: {experts.pin_experts: true, experts.cpu_experts: true, experts.expert_traffic: expected, "
+        f"experts.routing_trace: {ROOT / 'scenarios' / 'traces' / 'mixtral_skewed.jsonl'}}}\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "runners.sweep", str(sweep), "--jobs", "2", "--no-plot",
+                          "--out", str(tmp_path / "out")], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
+    family: list[int] = []
+    try:
+        time.sleep(15)   # the forkserver and both workers started, each solving
+        family = _descendants(p.pid)
+        assert p.poll() is None and len(family) >= 2, family
+        p.send_signal(sig)
+        _out, err = p.communicate(timeout=STOP_WITHIN_S)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        for pid in family:   # workers left behind would hold stderr open (and the machine busy)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if p.stderr and not p.stderr.closed:
+            p.communicate(timeout=STOP_WITHIN_S)
+    assert p.returncode == code, (p.returncode, err[-2000:])
+    assert err.splitlines() == [line], err[-2000:]
+    deadline = time.monotonic() + 10
+    while any(_alive(k) for k in family) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(k) for k in family), [k for k in family if _alive(k)]
