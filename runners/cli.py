@@ -57,7 +57,12 @@ def input_error_line(exc: InputError, field: str | None = None) -> str:
 class OneLineParser(argparse.ArgumentParser):
     """argparse with a one-line error and exit status 2 (no usage dump): the runners' bad-input contract."""
 
+    MAX_MESSAGE_CHARS = 400   # argparse quotes the whole value ("invalid int value: '999...'")
+
     def error(self, message: str):
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            half = self.MAX_MESSAGE_CHARS // 2
+            message = f"{message[:half]}...({len(message) - 2 * half} characters)...{message[-half:]}"
         self.exit(EXIT_BAD_INPUT, one_line(f"error: {message} (see --help)") + "\n")
 
 
