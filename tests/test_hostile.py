@@ -143,6 +143,7 @@ CASES = [
          ["hardware.memory_gib.gpu", "finite"]),
     Case("scenario-int-too-long-to-print", "solve",
          [writes("s.yaml", scenario_text().replace("gpu: 16", f"gpu: {LONG_INT}"))], 2, ["scenario"]),
+    Case("scenario-deeply-nested-list", "solve", [writes("s.yaml", "[" * 337 + "]" * 337)], 2, ["scenario"]),
     Case("scenario-fifo", "solve", [fifo("s.yaml")], 2, ["not a regular file"]),
     Case("scenario-dev-zero", "solve", ["/dev/zero"], 2, ["not a regular file"]),
     Case("scenario-directory", "solve", [lambda tmp: str(tmp)], 2, ["directory"]),
