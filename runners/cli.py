@@ -105,6 +105,23 @@ def guarded(run: Callable[[list[str] | None], int], argv: list[str] | None = Non
     debug = _debug_requested(argv)
     code = None   # until run() returns
     try:
+        code = _outcome(run, argv, debug)
+    except KeyboardInterrupt:   # a second Ctrl-C while the first outcome was being reported
+        code = EXIT_INTERRUPTED
+    except Terminated:
+        code = EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            try:
+                signal.signal(signal.SIGTERM, previous)
+            except (ValueError, TypeError):
+                pass
+    return int(code or 0)
+
+
+def _outcome(run, argv, debug: bool) -> int:
+    code = None   # until run() returns
+    try:
         code = run(argv)
         code = EXIT_OK if code is None else code
         sys.stdout.flush()
@@ -140,19 +157,16 @@ def guarded(run: Callable[[list[str] | None], int], argv: list[str] | None = Non
         say(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             + ("" if debug else " (run again with --debug for the traceback)"))
         code = EXIT_FAILED
-    finally:
-        if previous is not None:
-            try:
-                signal.signal(signal.SIGTERM, previous)
-            except (ValueError, TypeError):
-                pass
-    return int(code or 0)
+    return code
 
 
 def main_guard(run: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
     """``sys.exit(guarded(run, argv))``: the last line of every runner."""
     code = guarded(run, argv)
     try:
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):   # no second message or traceback on the way out
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sys.stdout.flush()
     except (BrokenPipeError, OSError, ValueError):
         _silence_stdout()
