@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def excerpt(value: Any, limit: int = 80) -> str:
+def excerpt(value: Any, limit: int = 80, _depth: int = 0) -> str:
     """A bounded, escaped, one-line quote of ``value`` for an error message.
 
     Containers are summarized without walking them whole; integers too long to print are
@@ -31,7 +31,9 @@ def excerpt(value: Any, limit: int = 80) -> str:
         text = value[: limit + 1].encode("unicode_escape").decode("ascii")
         return repr(text[:limit]) + ("..." if len(value) > limit or len(text) > limit else "")
     if isinstance(value, (list, tuple)):
-        head = ", ".join(excerpt(v, 20) for v in list(value[:4]))
+        if _depth >= 3:   # nested lists are quoted three levels deep, not to Python's recursion limit
+            return f"[... ({len(value)} items)]" if value else "[]"
+        head = ", ".join(excerpt(v, 20, _depth + 1) for v in list(value[:4]))
         more = f", ... ({len(value)} items)" if len(value) > 4 else ""
         text = f"[{head}{more}]"
         return text if len(text) <= 2 * limit else f"<a list of {len(value)} items>"

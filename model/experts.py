@@ -267,8 +267,19 @@ def routing_rows(sc: Scenario, num_moe_layers: int, num_experts: int, top_k: int
                  default: tuple[float, ...]) -> list[tuple[float, ...]]:
     """Per-MoE-layer routing probabilities: the scenario's rows, a trace's counts, or ``default`` everywhere."""
     from .errors import InputError
+    from .scenario import DECISION_CELLS_MAX, MOE_CELLS_MAX
 
     ex = sc.experts
+    cells = num_moe_layers * num_experts
+    if cells > MOE_CELLS_MAX:
+        raise InputError("model.num_experts", num_experts,
+                         f"{num_moe_layers} MoE layers x {num_experts} experts = {cells:,} exceeds the "
+                         f"{MOE_CELLS_MAX:,} this program models (the MILP would take minutes to build)")
+    if (ex.pin_experts or ex.cpu_experts) and cells > DECISION_CELLS_MAX:
+        flag = "experts.pin_experts" if ex.pin_experts else "experts.cpu_experts"
+        raise InputError(flag, True, f"a decision per MoE layer and expert: {num_moe_layers} x {num_experts} = "
+                                     f"{cells:,} exceeds the {DECISION_CELLS_MAX:,} this program models "
+                                     f"(the MILP would take minutes to build)")
     if ex.routing_trace is not None:
         from .routing import load_trace
 

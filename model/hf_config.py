@@ -51,9 +51,16 @@ from typing import Any, Callable
 from .architecture import Architecture, Attention, LayerGroup, Mlp
 from .errors import InputError
 from .inputs import CONFIG_MAX_BYTES, load_json
+from .scenario import ARCH_MAX, EXPERTS_MAX, LAYERS_MAX
 
 FIELD = "model.hf_config"
 _MISSING = object()
+# The scenario's bounds (model/scenario.py) for the same numbers: what the MILP grows with.
+_MAXIMUM = {key: LAYERS_MAX for key in ("num_hidden_layers", "n_layers", "first_k_dense_replace", "moe_layer_freq",
+                                        "decoder_sparse_step")}
+_MAXIMUM.update({key: EXPERTS_MAX for key in ("num_local_experts", "num_experts", "n_routed_experts",
+                                              "ffn_config.moe_num_experts", "num_experts_per_tok",
+                                              "ffn_config.moe_top_k", "n_shared_experts")})
 
 
 # --------------------------------------------------------------------------- reading
@@ -84,14 +91,17 @@ class _Config:
     def _missing(self, key: str) -> InputError:
         return InputError(f"{FIELD}.{key}", None, "required field is missing from config.json")
 
-    def int(self, key: str, default: Any = _MISSING, minimum: int = 1) -> int:
+    def int(self, key: str, default: Any = _MISSING, minimum: int = 1, maximum: int | None = None) -> int:
+        """An integer in ``minimum..maximum``; the maximum is the scenario's own bound for the same
+        number (``LAYERS_MAX`` for layer counts, ``EXPERTS_MAX`` for expert counts, else ``ARCH_MAX``)."""
         v = self._lookup(key)
         if v is _MISSING or (v is None and default is not _MISSING):
             if default is _MISSING:
                 raise self._missing(key)
             return default
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise InputError(f"{FIELD}.{key}", v, f"must be an integer >= {minimum}")
+        top = maximum if maximum is not None else _MAXIMUM.get(key, ARCH_MAX)
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= top:
+            raise InputError(f"{FIELD}.{key}", v, f"must be an integer in {minimum}..{top}")
         return v
 
     def opt_int(self, key: str) -> int | None:

@@ -34,13 +34,12 @@ every layer must have at least one token.  Any problem with the file raises
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from pathlib import Path
 
 from .errors import InputError
-from .inputs import TRACE_MAX_BYTES, read_text
+from .inputs import TRACE_MAX_BYTES, open_regular
 
 __all__ = ["load_trace"]
 
@@ -107,13 +106,37 @@ class _Trace:
         return tuple(tuple(c / n for c in row) for row, n in zip(self.counts, self.tokens))
 
 
-def _read_text(path: Path, field: str) -> str:
-    return read_text(path, field, TRACE_MAX_BYTES)
+MAX_LINE_BYTES = 1024 * 1024   # one line of a trace (a token at 1024 layers x top-8 is ~40 KiB)
 
 
-def _jsonl(t: _Trace, text: str) -> None:
-    # split on "\n" only: str.splitlines would also split on characters JSON allows inside strings
-    for lineno, line in enumerate(text.split("\n"), start=1):
+def _lines(path: Path, field: str):
+    """``(line number, text)`` of each line, streamed: the file is never held whole (a trace of
+    10 million token choices is ~150 MiB). Through the input layer (regular file, size cap);
+    lines end at "\n" only (str.splitlines would also split on characters JSON allows inside
+    strings) and keep it; each is at most :data:`MAX_LINE_BYTES` and valid UTF-8."""
+    with open_regular(path, field, TRACE_MAX_BYTES) as f:
+        lineno = 0
+        while True:
+            try:
+                raw = f.readline(MAX_LINE_BYTES + 1)
+            except OSError as exc:
+                raise InputError(field, str(path), f"cannot read ({type(exc).__name__})") from None
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise InputError(field, str(path), f"line {lineno}: longer than {MAX_LINE_BYTES // 1024} KiB")
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]   # a UTF-8 byte order mark
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(field, str(path), f"line {lineno}: not valid UTF-8 (byte {exc.start} of the line)") \
+                    from None
+
+
+def _jsonl(t: _Trace, lines) -> None:
+    for lineno, line in lines:
         if not line.strip():
             continue
         where = f"line {lineno}"
@@ -149,11 +172,15 @@ def _jsonl(t: _Trace, text: str) -> None:
                 t.add_token(layer, [t.check_expert(e, w) for e in sel], w)
 
 
-def _csv(t: _Trace, text: str) -> None:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+def _csv(t: _Trace, lines) -> None:
+    # Streamed: a (token, layer) group is counted as soon as it has top_k experts; only the
+    # groups still open keep their rows, and completed ones are remembered as one integer each
+    # (token * num_layers + layer) to catch a row that comes after its group was complete.
+    reader = csv.reader((line for _lineno, line in lines), strict=True)
     header: list[str] | None = None
     cols: dict[str, int] = {}
-    groups: dict[tuple[int, int], tuple[list[int], list[int]]] = {}  # (token, layer) -> (experts, lines)
+    groups: dict[tuple[int, int], tuple[list[int], list[int]]] = {}  # open: (token, layer) -> (experts, lines)
+    complete: set[int] = set()
     try:
         for row in reader:
             lineno = reader.line_num
@@ -185,22 +212,48 @@ def _csv(t: _Trace, text: str) -> None:
                     raise t.error(f"{where}, column {name!r}: must be an integer, got {_show(row[i])}")
             layer = t.check_layer(values["layer"], where)
             expert = t.check_expert(values["expert"], where)
-            experts, lines = groups.setdefault((values["token"], layer), ([], []))
+            token = values["token"]
+            if token * t.num_layers + layer in complete:
+                _csv_overfull(t, cols, token, layer, lineno)
+            key = (token, layer)
+            experts, rows = groups.setdefault(key, ([], []))
             if expert in experts:
-                raise t.error(f"{where}: token {values['token']} selects expert {expert} at layer {layer} "
-                              f"more than once (also on line {lines[experts.index(expert)]})")
+                raise t.error(f"{where}: token {token} selects expert {expert} at layer {layer} "
+                              f"more than once (also on line {rows[experts.index(expert)]})")
             experts.append(expert)
-            lines.append(lineno)
+            rows.append(lineno)
+            if len(experts) == t.top_k:
+                t.add_token(layer, experts, f"line {rows[0]}")
+                del groups[key]
+                complete.add(token * t.num_layers + layer)
     except csv.Error as e:
         raise t.error(f"line {reader.line_num}: not valid CSV ({e})")
     if header is None:
         raise t.error("the file is empty: expected a header row with columns token,layer,expert")
-    for (token, layer), (experts, lines) in groups.items():
-        if len(experts) != t.top_k:
-            where = f"line{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines))}"
-            raise t.error(f"{where}: token {token} selects {len(experts)} expert(s) at layer {layer}, "
-                          f"expected exactly top_k = {t.top_k}")
-        t.add_token(layer, experts, f"line {lines[0]}")
+    for (token, layer), (experts, rows) in groups.items():   # fewer than top_k
+        where = f"line{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows))}"
+        raise t.error(f"{where}: token {token} selects {len(experts)} expert(s) at layer {layer}, "
+                      f"expected exactly top_k = {t.top_k}")
+
+
+def _csv_overfull(t: _Trace, cols: dict[str, int], token: int, layer: int, upto: int) -> None:
+    """A row for a (token, layer) that already had top_k experts: read the file again (errors are
+    rare; the first pass keeps no lines of complete groups) to name all its lines."""
+    found: list[int] = []
+    reader = csv.reader((line for _n, line in _lines(t.path, t.field)), strict=True)
+    next(reader, None)
+    for row in reader:
+        if reader.line_num > upto:
+            break
+        try:
+            cells = [int(row[cols[name]].strip()) for name in _CSV_COLUMNS]
+        except (IndexError, ValueError):
+            continue
+        if cells[0] == token and cells[1] == layer:
+            found.append(reader.line_num)
+    where = f"lines {', '.join(map(str, found))}" if len(found) > 1 else f"line {upto}"
+    raise t.error(f"{where}: token {token} selects {max(len(found), t.top_k + 1)} expert(s) at layer {layer}, "
+                  f"expected exactly top_k = {t.top_k}")
 
 
 def load_trace(path, num_layers: int, num_experts: int, top_k: int,
@@ -223,7 +276,6 @@ def load_trace(path, num_layers: int, num_experts: int, top_k: int,
     if suffix not in (".jsonl", ".csv"):
         raise InputError(field, str(p), f"unknown trace format {p.suffix or '(no suffix)'!r}: "
                                         "the file name must end in .jsonl or .csv")
-    text = _read_text(p, field)
     t = _Trace(p, field, num_layers, num_experts, top_k)
-    (_jsonl if suffix == ".jsonl" else _csv)(t, text)
+    (_jsonl if suffix == ".jsonl" else _csv)(t, _lines(p, field))
     return t.result()

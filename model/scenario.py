@@ -35,7 +35,16 @@ MEMORY_MIN_GIB = 1 / 1024       # 1 MiB: a capacity is 0 (absent) or at least th
 BANDWIDTH_RANGE = (1e-2, 1e4)   # GiB/s: 10 MiB/s (slower than any PCIe or NVMe link) .. 10 TiB/s
 TFLOPS_RANGE = (1e-3, 1e5)      # TFLOP/s: 1 GFLOP/s .. 100 PFLOP/s
 LENGTH_MAX = 10**6              # tokens
-ARCH_MAX = 10**7                # any architecture number
+ARCH_MAX = 10**7                # any other architecture number (widths, heads, vocabulary)
+# Counts that the MILP's size grows with (every MoE layer and expert can become rows and columns).
+# Measured with model.optimize.build_for on the shared 2-core development machine (noisy):
+# 1024 MoE layers x 256 experts build in ~3 s, 1024 x 1024 in ~13 s; with pinned or CPU experts
+# (a decision per layer and expert) 1024 x 8 in ~7 s, 128 x 64 in ~15 s. Real models sit far
+# below: Mixtral 32 x 8, DeepSeek-V2-Lite 26 x 64, DeepSeek-V3 58 x 256, Qwen3-235B 94 x 128.
+LAYERS_MAX = 1024               # transformer layers (hf_config's num_hidden_layers, n_layers too)
+EXPERTS_MAX = 1024              # routed experts per MoE layer
+MOE_CELLS_MAX = 262_144         # MoE layers x routed experts (1024 x 256: ~3 s to build)
+DECISION_CELLS_MAX = 8_192      # the same with experts.pin_experts or cpu_experts (1024 x 8: ~7 s)
 
 
 @dataclass(frozen=True)
@@ -53,14 +62,14 @@ class ModelSpec:
     name: str = "Mixtral-8x7B"
     accounting: Literal["exact", "flexllmgen"] = "exact"
     hf_config: str | None = None   # a Hugging Face config.json; replaces the architecture numbers below
-    num_layers: int = field(default=32, metadata=rule(ge=1, le=ARCH_MAX, doc="transformer layers l"))
+    num_layers: int = field(default=32, metadata=rule(ge=1, le=LAYERS_MAX, doc="transformer layers l"))
     hidden_size: int = field(default=4096, metadata=rule(ge=1, le=ARCH_MAX, doc="h1"))
     intermediate_size: int = field(default=14336, metadata=rule(ge=1, le=ARCH_MAX, doc="expert MLP width h2"))
     num_attention_heads: int = field(default=32, metadata=rule(ge=1, le=ARCH_MAX, doc="nh"))
     num_key_value_heads: int = field(default=8, metadata=rule(ge=1, le=ARCH_MAX, doc="nkv (GQA)"))
     head_dim: int = field(default=128, metadata=rule(ge=1, le=ARCH_MAX, doc="hd"))
-    num_experts: int = field(default=8, metadata=rule(ge=1, le=ARCH_MAX, doc="E"))
-    num_experts_per_token: int = field(default=2, metadata=rule(ge=1, le=ARCH_MAX, doc="top-k"))
+    num_experts: int = field(default=8, metadata=rule(ge=1, le=EXPERTS_MAX, doc="E"))
+    num_experts_per_token: int = field(default=2, metadata=rule(ge=1, le=EXPERTS_MAX, doc="top-k"))
     vocab_size: int = field(default=32000, metadata=rule(ge=1, le=ARCH_MAX))
     routing_probabilities: list[float] | None = field(
         default=None, metadata=rule(ge=0.0, le=1.0, doc="per-token probability of each expert; default uniform k/E")

@@ -106,7 +106,10 @@ def _convert(tp, value, where: str, meta) -> Any:
             value = float(value)  # PyYAML reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(where, value, "expected a number")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:   # an integer beyond the largest float (about 1.8e308)
+            raise InputError(where, value, "must be a finite number (too large for a float)") from None
         if not math.isfinite(value):
             raise InputError(where, value, "must be a finite number")
         _check_range(value, where, meta)

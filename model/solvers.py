@@ -18,6 +18,8 @@ import logging
 import math
 import os
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -85,6 +87,61 @@ _HIGHS_TIGHT = {
 }
 
 
+CANCEL_WAIT_S = 5.0   # after a signal, how long to wait for an in-process solver to stop before leaving it
+
+
+def _interruptible(call: Callable[[], Any], cancel: Callable[[], None]) -> Any:
+    """``call()`` in a worker thread while the main thread waits, so that Ctrl-C and SIGTERM
+    (whose Python handlers only ever run in the main thread) reach us during a solve that runs
+    in C: on either, ``cancel()`` asks the solver to stop (repeatedly: the solver object may not
+    exist yet), we wait up to :data:`CANCEL_WAIT_S` for it, and the signal's exception is
+    re-raised. Off the main thread (a worker of a parallel study) ``call()`` runs directly."""
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    box: dict[str, Any] = {}
+    done = threading.Event()   # not Thread.is_alive: a join() cut short by a signal can make it lie
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=target, name="solver", daemon=True)
+    worker.start()
+    stop: BaseException | None = None
+    deadline = 0.0
+    while not done.is_set():
+        try:
+            if stop is not None:
+                with contextlib.suppress(Exception):
+                    cancel()
+                if time.monotonic() > deadline:
+                    break   # the solver ignores the request: leave it (a daemon thread) and exit
+            done.wait(0.1)
+        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt, runners.cli.Terminated
+            if stop is None:
+                stop, deadline = exc, time.monotonic() + CANCEL_WAIT_S
+    if stop is not None:
+        raise stop
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _cancel_highs(solver) -> Callable[[], None]:
+    """Stop Pyomo's in-process HiGHS: ``highspy.Highs.cancelSolve`` makes the interrupt callbacks
+    (``cbSimplexInterrupt``, ``cbIpmInterrupt``, ``cbMipInterrupt``, which Pyomo registers through
+    ``HandleKeyboardInterrupt``) stop the solve. Pyomo keeps the object as ``_solver_model``."""
+    def cancel() -> None:
+        h = getattr(solver, "_solver_model", None)
+        if h is not None and hasattr(h, "cancelSolve"):
+            h.cancelSolve()   # only sets a flag: safe while the solver runs in another thread
+    return cancel
+
+
 def _run_contrib(pyomo_name: str, label: str, tight: dict[str, Any]):
     def run(model, *, time_limit_s: float, mip_gap: float, threads: int | None,
             options: dict[str, Any], is_mip: bool) -> SolveResult:
@@ -94,9 +151,12 @@ def _run_contrib(pyomo_name: str, label: str, tight: dict[str, Any]):
         opts = dict(tight)
         opts.update(options)
         t0 = time.perf_counter()
-        res = solver.solve(model, time_limit=time_limit_s, rel_gap=mip_gap, threads=threads,
-                           solver_options=opts, load_solutions=False,
-                           raise_exception_on_nonoptimal_result=False)
+
+        def call():
+            return solver.solve(model, time_limit=time_limit_s, rel_gap=mip_gap, threads=threads,
+                                solver_options=opts, load_solutions=False,
+                                raise_exception_on_nonoptimal_result=False)
+        res = _interruptible(call, _cancel_highs(solver)) if label == "highs" else call()
         wall = time.perf_counter() - t0
         tc = res.termination_condition
         has = res.solution_status in (SolutionStatus.feasible, SolutionStatus.optimal)
@@ -141,6 +201,29 @@ def _quiet_pyomo():
         logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _private_tempdir():
+    """Pyomo's temporary files (``tmp*.pyomo.lp``, ``.soln``, logs) in a folder of our own,
+    removed on every exit path: Pyomo itself removes them only after a solve that returns."""
+    from pyomo.common.tempfiles import TempfileManager
+
+    saved = TempfileManager.tempdir
+    stack = getattr(TempfileManager, "_context_stack", None)
+    depth = len(stack) if isinstance(stack, list) else None
+    with tempfile.TemporaryDirectory(prefix="moe-offload-solver-") as folder:
+        TempfileManager.tempdir = folder
+        try:
+            yield folder
+        finally:
+            TempfileManager.tempdir = saved
+            # a solve cut short leaves its context pushed; Pyomo would warn about it at exit
+            while depth is not None and isinstance(stack, list) and len(stack) > depth:
+                with contextlib.suppress(Exception):
+                    TempfileManager.pop(remove=True)
+                    continue
+                break
+
+
 def _legacy_available(pyomo_name: str) -> Callable[[], bool]:
     def check() -> bool:
         try:
@@ -168,7 +251,9 @@ def _run_legacy(pyomo_name: str, label: str, names: dict[str, str | None], tight
         opts.update(options)
         solver.options.update(opts)
         t0 = time.perf_counter()
-        with _quiet_pyomo():
+        with _quiet_pyomo(), _private_tempdir():
+            # a solver child (cbc, glpsol) is killed by subprocess.run on any exception,
+            # KeyboardInterrupt and runners.cli.Terminated included; its files go with the folder
             res = solver.solve(model, load_solutions=False, tee=False)
         wall = time.perf_counter() - t0
         tc = res.solver.termination_condition
@@ -284,9 +369,41 @@ def get_solver(name: str) -> SolverSpec:
     return spec
 
 
+# Solver options that set what solver.mip_gap, solver.time_limit_s and solver.threads already set
+# (each solver's own names, compared without case or leading dashes). Given in solver.options
+# they would silently override the explicit (or default) setting, and a 50%-gap answer would be
+# labelled optimal: they are bad input instead, naming both.
+DUPLICATE_OPTIONS = {
+    "highs": {"mip_rel_gap": "mip_gap", "time_limit": "time_limit_s", "threads": "threads"},
+    "cbc": {"ratio": "mip_gap", "ratiogap": "mip_gap", "sec": "time_limit_s", "seconds": "time_limit_s",
+            "threads": "threads"},
+    "glpk": {"mipgap": "mip_gap", "tmlim": "time_limit_s"},
+    "scip": {"limits/gap": "mip_gap", "limits/time": "time_limit_s", "parallel/maxnthreads": "threads",
+             "lp/threads": "threads"},
+    "gurobi": {"mipgap": "mip_gap", "timelimit": "time_limit_s", "threads": "threads"},
+    "cplex": {"mip_tolerances_mipgap": "mip_gap", "mip.tolerances.mipgap": "mip_gap", "timelimit": "time_limit_s",
+              "threads": "threads"},
+    "xpress": {"miprelstop": "mip_gap", "maxtime": "time_limit_s", "threads": "threads"},
+}
+SETTING_FLAGS = {"mip_gap": "--mip-gap", "time_limit_s": "--time-limit", "threads": "--threads"}
+
+
+def check_duplicate_options(name: str, options: dict) -> None:
+    """An option that sets what a first-class setting sets is bad input naming both."""
+    table = DUPLICATE_OPTIONS.get(str(name).strip().lower(), {})
+    for key, value in options.items():
+        setting = table.get(str(key).strip().lstrip("-").lower())
+        if setting is not None:
+            raise InputError(f"solver.options.{key}", value,
+                             f"sets the same thing as solver.{setting} ({SETTING_FLAGS[setting]}); "
+                             f"give it there instead, not both")
+
+
 def check_options(name: str, options: dict) -> None:
-    """Reject options the solver does not know, where the solver lets us ask (HiGHS)."""
+    """Reject options the solver does not know, where the solver lets us ask (HiGHS), and options
+    that duplicate solver.mip_gap / time_limit_s / threads."""
     spec = get_solver(name)
+    check_duplicate_options(spec.name, options)
     if spec.check_options is not None and options:
         spec.check_options(options)
 
@@ -295,9 +412,10 @@ def solve(model: pyo.ConcreteModel, name: str, *, time_limit_s: float, mip_gap: 
           threads: int | None = None, options: dict[str, Any] | None = None, is_mip: bool = True) -> SolveResult:
     """Solve ``model`` with solver ``name``; the incumbent, if any, is loaded into the model."""
     spec = get_solver(name)
+    check_duplicate_options(spec.name, dict(options or {}))
     try:
-        return spec.run(model, time_limit_s=time_limit_s, mip_gap=mip_gap, threads=threads,
-                        options=dict(options or {}), is_mip=is_mip)
+        res = spec.run(model, time_limit_s=time_limit_s, mip_gap=mip_gap, threads=threads,
+                       options=dict(options or {}), is_mip=is_mip)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - report any solver crash as one line
@@ -306,3 +424,16 @@ def solve(model: pyo.ConcreteModel, name: str, *, time_limit_s: float, mip_gap: 
             raise SolverError(f"{spec.name}: the installed licence is size-limited and refused this model "
                               f"({text[:200]}); use a full licence or another solver") from exc
         raise SolverError(f"{spec.name} failed: {exc.__class__.__name__}: {text[:300]}") from exc
+    if res.termination == "interrupted":
+        # the solver saw the Ctrl-C itself (SCIP, a child's own handler): never a solver error
+        raise KeyboardInterrupt
+    if res.termination == "optimal" and is_mip and res.gap is not None and res.gap > gap_tolerance(mip_gap):
+        # "optimal" only within the requested gap (a solver's own stopping rule may differ)
+        res.message = f"{res.message}; stopped at gap {res.gap:.3g} > requested {mip_gap:g}"
+        res.termination = "feasible"
+    return res
+
+
+def gap_tolerance(mip_gap: float) -> float:
+    """The largest reported gap that still counts as within ``mip_gap`` (rounding of the two bounds)."""
+    return mip_gap * (1 + 1e-6) + 1e-9

@@ -22,9 +22,9 @@ import statistics
 import sys
 from pathlib import Path
 
-import yaml
-
-from model import load_scenario, optimize, override
+from model import InputError, load_scenario, optimize, override
+from model.inputs import parse_yaml
+from model.solvers import SOLVERS
 from model.enumerate import enumerate_policies
 from model.optimize import model_data
 from runners.cli import OneLineParser, add_debug_flag, main_guard
@@ -53,10 +53,10 @@ EXPERT_VARIANTS = [
 
 def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None) -> int:
     """Throughput and policy of each expert-aware variant (README table)."""
+    bases = [load_scenario(path) for path in paths]   # bad input before any output
     print(f"{'scenario':<14} {'n':>4} {'variant':<31} {'tokens/s':>9} {'vs ref':>7} {'g':>4} {'N':>5} "
           f"{'pinned':>6} {'CPU':>4} {'moved/layer':>11} {'status':<10} {'solve s':>8} {'total s':>8}")
-    for path in paths:
-        base = load_scenario(path)
+    for path, base in zip(paths, bases):
         for n in gen_lens:
             ref = None
             if only and EXPERT_VARIANTS[0][0] not in only:   # the ratios are against the reference assumptions
@@ -77,6 +77,50 @@ def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None) -> i
                       f"{res.num_gpu_batches:5d} {len(res.pinned_experts):6d} {len(res.cpu_experts):4d} {mv:>11} "
                       f"{res.status:<10} {res.solve.wall_s:8.2f} {res.total_s:8.2f}", flush=True)
     return 0
+
+
+def _items(text: str, flag: str) -> list[str]:
+    """A comma-separated list flag: no empty entries, none given twice."""
+    items = [x.strip() for x in text.split(",")]
+    if not text.strip() or any(not x for x in items):
+        raise InputError(flag, text, "expected a comma-separated list without empty entries")
+    dup = next((x for x in items if items.count(x) > 1), None)
+    if dup is not None:
+        raise InputError(flag, text, f"{dup!r} is given twice")
+    return items
+
+
+def _gen_lens(text: str) -> list[int]:
+    from model.scenario import LENGTH_MAX
+
+    out = []
+    for x in _items(text, "--gen-lens"):
+        if not x.isdigit() or not 1 <= int(x[:9]) <= LENGTH_MAX or len(x) > 9:
+            raise InputError("--gen-lens", text, f"{x!r} is not a generation length in 1..{LENGTH_MAX}")
+        out.append(int(x))
+    return out
+
+
+def check_args(args) -> None:
+    """Bad flags are bad input (exit 2) before any work starts."""
+    if args.repeats < 1 or args.repeats > 1000:
+        raise InputError("--repeats", args.repeats, "must be in 1..1000")
+    if not (0 < args.time_limit <= 1e7):   # also NaN
+        raise InputError("--time-limit", args.time_limit, "must be > 0 and <= 1e7 seconds")
+    if args.solvers is not None:
+        for name in _items(args.solvers, "--solvers"):
+            if name.lower() not in SOLVERS:
+                raise InputError("--solvers", args.solvers, f"unknown solver {name!r} (known: {', '.join(sorted(SOLVERS))})")
+    if args.variants is not None:
+        known = [label for label, _ in EXPERT_VARIANTS]
+        for label in _items(args.variants, "--variants"):
+            if label not in known:
+                raise InputError("--variants", args.variants, f"unknown variant {label!r} (known: {'; '.join(known)})")
+        if not args.experts:
+            raise InputError("--variants", args.variants, "applies only with --experts")
+    _gen_lens(args.gen_lens)
+    if args.enumerate not in ("all", ""):
+        _items(args.enumerate, "--enumerate")
 
 
 def main(argv=None) -> int:
@@ -117,22 +161,25 @@ def main(argv=None) -> int:
     if args.fidelity:
         from runners.bench_fidelity import fidelity_table, parse_gen_lens
         return fidelity_table([Path(p) for p in args.scenarios], parse_gen_lens(args.fit_gen_lens))
+    check_args(args)
     if args.experts:
         paths = [Path(p) for p in args.scenarios] or [ROOT / "scenarios" / "t4_reference.yaml",
                                                       ROOT / "scenarios" / "a100_16g.yaml"]
-        only = set(args.variants.split(",")) if args.variants else None
+        only = set(_items(args.variants, "--variants")) if args.variants is not None else None
         sets = {}
         for item in args.set:
-            key, _, value = item.partition("=")
-            sets[key] = yaml.safe_load(value)
-        return experts_table(paths, [int(x) for x in args.gen_lens.split(",")], args.time_limit, only, sets)
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise InputError("--set", item, "expected KEY=VALUE, e.g. hardware.memory_gib.cpu=100")
+            sets[key.strip()] = parse_yaml(value, item, "--set")   # bounded, one-line errors
+        return experts_table(paths, _gen_lens(args.gen_lens), args.time_limit, only, sets)
     paths = [Path(p) for p in args.scenarios] or sorted((ROOT / "scenarios").glob("*.yaml"))
-    names = args.solvers.split(",") if args.solvers else [None]
+    names = _items(args.solvers, "--solvers") if args.solvers is not None else [None]
+    bases = [load_scenario(path) for path in paths]   # bad input before any output
     print(f"{'scenario':<16} {'solver':<7} {'build s':>8} {'MILP s':>8} {'total s':>8} {'vs highs':>8} "
           f"{'tokens/s':>10} {'g':>4} {'N':>6} {'enum s':>8} {'LPs':>7} {'enum/(build+MILP)':>17}")
     status = 0
-    for path in paths:
-        base = load_scenario(path)
+    for path, base in zip(paths, bases):
         highs_solve = None
         for name in names:
             sc = base if name is None else override(base, {"solver.name": name})

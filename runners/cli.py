@@ -57,7 +57,12 @@ def input_error_line(exc: InputError, field: str | None = None) -> str:
 class OneLineParser(argparse.ArgumentParser):
     """argparse with a one-line error and exit status 2 (no usage dump): the runners' bad-input contract."""
 
+    MAX_MESSAGE_CHARS = 400   # argparse quotes the whole value ("invalid int value: '999...'")
+
     def error(self, message: str):
+        if len(message) > self.MAX_MESSAGE_CHARS:
+            half = self.MAX_MESSAGE_CHARS // 2
+            message = f"{message[:half]}...({len(message) - 2 * half} characters)...{message[-half:]}"
         self.exit(EXIT_BAD_INPUT, one_line(f"error: {message} (see --help)") + "\n")
 
 
@@ -73,6 +78,11 @@ def _debug_requested(argv) -> bool:
 
 def _raise_terminated(signum, frame):
     raise Terminated()
+
+
+def stdout_closed() -> None:
+    """Call on a BrokenPipeError from printing: later output goes nowhere, quietly."""
+    _silence_stdout()
 
 
 def _silence_stdout() -> None:
@@ -93,9 +103,27 @@ def guarded(run: Callable[[list[str] | None], int], argv: list[str] | None = Non
     except ValueError:   # not the main thread: leave signals alone
         previous = None
     debug = _debug_requested(argv)
-    code = EXIT_FAILED
+    code = None   # until run() returns
+    try:
+        code = _outcome(run, argv, debug)
+    except KeyboardInterrupt:   # a second Ctrl-C while the first outcome was being reported
+        code = EXIT_INTERRUPTED
+    except Terminated:
+        code = EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            try:
+                signal.signal(signal.SIGTERM, previous)
+            except (ValueError, TypeError):
+                pass
+    return int(code or 0)
+
+
+def _outcome(run, argv, debug: bool) -> int:
+    code = None   # until run() returns
     try:
         code = run(argv)
+        code = EXIT_OK if code is None else code
         sys.stdout.flush()
     except KeyboardInterrupt:
         say("interrupted")
@@ -104,8 +132,10 @@ def guarded(run: Callable[[list[str] | None], int], argv: list[str] | None = Non
         say("terminated")
         code = EXIT_TERMINATED
     except BrokenPipeError:
+        # the reader closed stdout while we printed: the work was done (a runner that prints a
+        # failure's report first catches it itself, with stdout_closed(), to keep its status)
         _silence_stdout()
-        code = EXIT_OK if code in (None, EXIT_OK) else code
+        code = EXIT_OK if code is None else code
     except InputError as exc:
         say(input_error_line(exc))
         code = EXIT_BAD_INPUT
@@ -127,19 +157,16 @@ def guarded(run: Callable[[list[str] | None], int], argv: list[str] | None = Non
         say(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
             + ("" if debug else " (run again with --debug for the traceback)"))
         code = EXIT_FAILED
-    finally:
-        if previous is not None:
-            try:
-                signal.signal(signal.SIGTERM, previous)
-            except (ValueError, TypeError):
-                pass
-    return int(code or 0)
+    return code
 
 
 def main_guard(run: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
     """``sys.exit(guarded(run, argv))``: the last line of every runner."""
     code = guarded(run, argv)
     try:
+        if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):   # no second message or traceback on the way out
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sys.stdout.flush()
     except (BrokenPipeError, OSError, ValueError):
         _silence_stdout()

@@ -48,7 +48,7 @@ import yaml
 from model import Infeasible, InputError, SolverError, evaluate_policy, load_scenario, optimize
 from model.optimize import build_for
 from model.report import flexllmgen_flags, to_json, to_text
-from runners.cli import OneLineParser, add_debug_flag, input_error_line, main_guard, say
+from runners.cli import OneLineParser, add_debug_flag, input_error_line, main_guard, say, stdout_closed
 
 # flag -> scenario field it overrides
 FLAG_FIELDS = {
@@ -271,29 +271,32 @@ def output_format(p: argparse.ArgumentParser, args) -> str:
         if args.format is not None or args.json:
             p.error("--flexllmgen prints a command line instead of the report: "
                     "it cannot be combined with --format or --json")
-        if args.write_model:
+        if args.write_model is not None:
             p.error("--flexllmgen cannot be combined with --write-model")
         return "flexllmgen"
     return fmt
 
 
 def emit(obj: dict, fmt: str) -> None:
-    """Print ``obj`` (the to_json object, or a status object) as JSON or YAML; nothing for text."""
-    if fmt == "json":
-        print(json.dumps(obj, indent=2))
-    elif fmt == "yaml":
-        # through JSON: plain lists, str keys and float values, exactly the --json object
-        print(yaml.safe_dump(json.loads(json.dumps(obj)), sort_keys=False), end="")
+    """Print ``obj`` (the to_json object, or a status object) as JSON or YAML; nothing for text.
+    A reader that closed stdout is tolerated quietly (the exit status stays the work's)."""
+    try:
+        if fmt == "json":
+            print(json.dumps(obj, indent=2), flush=True)
+        elif fmt == "yaml":
+            # through JSON: plain lists, str keys and float values, exactly the --json object
+            print(yaml.safe_dump(json.loads(json.dumps(obj)), sort_keys=False), end="", flush=True)
+    except BrokenPipeError:
+        stdout_closed()
 
 
 def flexllmgen_model_id(sc) -> str | None:
     """The Hugging Face repo id for FlexLLMGen's --model, or None when the scenario does not say."""
     spec = sc.model
     if spec.hf_config is not None:
-        try:
-            cfg = json.loads(Path(spec.hf_config).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            return None
+        from model.hf_config import _load   # the input layer: a FIFO or a bad file is bad input, not a hang
+
+        cfg = _load(Path(spec.hf_config))
         if isinstance(cfg, dict):
             for key in HF_ID_KEYS:
                 value = cfg.get(key)
@@ -354,7 +357,7 @@ def run(argv: list[str] | None = None) -> int:
     overrides = overrides_from(args)
     try:
         sc = load_scenario(args.scenario, overrides)
-        if args.write_model:
+        if args.write_model is not None:   # '' too: a bad file name, not "no flag"
             return write_model(sc, args.write_model)
         if fmt == "flexllmgen":
             model_id = check_flexllmgen(sc, args)

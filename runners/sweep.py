@@ -290,7 +290,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(base, str) or not base.strip():
         raise SweepInputError("base", base, "expected a scenario file path (relative to the sweep file)")
     base_path = (Path(base) if Path(base).is_absolute() else path.resolve().parent / base).resolve()
-    if not base_path.is_file():
+    if not base_path.exists():   # a FIFO or device exists: the input layer names what it is
         raise SweepInputError("base", base, f"scenario file not found ({base_path})")
     vary = raw.get("vary")
     if not isinstance(vary, list) or not 1 <= len(vary) <= 2:
@@ -465,6 +465,14 @@ def run_points(prepared: Prepared, jobs: int, progress: Progress) -> dict[int, d
                     rows[i] = _empty_row("error", f"worker failed: {exc.__class__.__name__}: {exc}")
                 progress.step()
         except BaseException:
+            # Ctrl-C, SIGTERM (runners.cli.Terminated): stop the workers now, or leaving the
+            # ``with`` would wait for their solves (minutes). Python 3.11's pool has no public
+            # way to do it: terminate its processes (``_processes``), then shut it down.
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                try:
+                    proc.terminate()
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
             pool.shutdown(wait=False, cancel_futures=True)
             raise
     return rows

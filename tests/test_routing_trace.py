@@ -332,3 +332,29 @@ def test_generator_reproduces_the_shipped_trace(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes() == SHIPPED.read_bytes()
+
+
+@pytest.mark.slow
+def test_ten_million_choices_load_in_bounded_memory(tmp_path):
+    """A CSV trace of 10 million token choices (Mixtral: 32 layers, top-2; 156,250 tokens) loads
+    in a process that stays under 1 GiB resident. Token t picks experts t % 8 and (t + 1) % 8 at
+    every layer, so expert e is picked by the tokens with t % 8 in {e, e - 1}: 156,250 = 8 x 19,531
+    + 2 tokens, t % 8 in {0, 1} occurring 19,532 times and the others 19,531 times."""
+    tokens, layers = 156_250, 32
+    path = tmp_path / "big.csv"
+    with path.open("w") as f:
+        f.write("token,layer,expert\n")
+        for t in range(tokens):
+            a, b = t % 8, (t + 1) % 8
+            f.write("".join(f"{t},{layer},{a}\n{t},{layer},{b}\n" for layer in range(layers)))
+    root = Path(__file__).resolve().parents[1]
+    code = ("import json, resource, sys; from model.routing import load_trace; "
+            f"q = load_trace({str(path)!r}, 32, 8, 2); "
+            "print(json.dumps({'q0': q[0], 'q31': q[31], 'rss_kib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    n = {r: 19_532 if r in (0, 1) else 19_531 for r in range(8)}
+    want = [(n[e] + n[(e - 1) % 8]) / tokens for e in range(8)]
+    assert out["q0"] == pytest.approx(want, rel=1e-12) and out["q31"] == pytest.approx(want, rel=1e-12)
+    assert out["rss_kib"] < 1024 * 1024, f"{out['rss_kib'] / 1024:.0f} MiB resident"

@@ -64,6 +64,7 @@ def _build_base(scenario: Scenario) -> Accounting:
         acc = flexllmgen.build(scenario)
         m = scenario.model
         if m.num_experts <= 1:
+            _no_routing_for_dense(scenario)
             return acc
         rows = routing_rows(scenario, m.num_layers, m.num_experts, m.num_experts_per_token, acc.routing_probability)
         if split or len(set(rows)) > 1:
@@ -75,7 +76,22 @@ def _build_base(scenario: Scenario) -> Accounting:
         moe = arch.moe_group
         rows = routing_rows(scenario, len(layers), moe.mlp.num_experts, moe.mlp.top_k, routing(arch, moe.mlp, moe))
         arch = with_layer_routing(arch, rows, split=split or len(set(rows)) > 1)
+    else:
+        _no_routing_for_dense(scenario)
     return exact.build(scenario, arch)
+
+
+def _no_routing_for_dense(scenario: Scenario) -> None:
+    """A routing trace or rows given for a model without MoE layers would be silently unused."""
+    from ..errors import InputError
+
+    ex = scenario.experts
+    if ex.routing_trace is not None:
+        raise InputError("experts.routing_trace", ex.routing_trace,
+                         "the model has no MoE layers: a routing trace does not apply")
+    if ex.routing_probabilities is not None:
+        raise InputError("experts.routing_probabilities", f"{len(ex.routing_probabilities)} rows",
+                         "the model has no MoE layers: routing rows do not apply")
 
 
 def model_info(scenario: Scenario, acc: Accounting) -> dict:
