@@ -366,7 +366,6 @@ def test_schema_integer_beyond_float():
     assert e.value.field == "hardware.alpha.gpu" and len(str(e.value)) < 200
 
 
-@pytest.mark.xfail(strict=True, reason="lead: model refactor (binding search caps reported as binding)")
 def test_binding_caps_are_reported(tmp_path):
     """Caps of 1 on g and N decide the answer (the optimum without them is g=30, N=63)."""
     p = tmp_path / "s.yaml"
@@ -381,7 +380,7 @@ def test_binding_caps_are_reported(tmp_path):
 A100_GPU_FITS_FROM_GIB = 6.977714669477075
 
 
-@pytest.mark.xfail(strict=True, reason="lead: model refactor (one tolerance for fits; infeasible by a hair)")
+
 @pytest.mark.parametrize("below", [1e-6, 1e-8])
 def test_infeasible_by_a_hair_names_the_resource(below):
     """Just below the boundary the scenario does not fit: that is ``Infeasible`` naming the GPU,
