@@ -1,0 +1,220 @@
+"""Running a study's points: in this process, on an embedded Dask LocalCluster, or on a Dask cluster.
+
+Workers receive the point's resolved :class:`~model.Scenario` (never a study or scenario file
+path) and return one result row; only the process that owns the study database writes it.
+Each task first checks that the worker runs the same program version as the study (package
+version and a hash of ``model/``): a worker running another one is refused (exit 2).
+
+Lost workers: the scheduler reschedules a point whose worker died; a point whose worker dies
+twice (``distributed.scheduler.allowed-failures`` = 1 on the embedded cluster; an external
+scheduler uses its own setting, default 3) comes back as ``KilledWorker`` and is recorded as
+``error`` with that message, never dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+from model import Infeasible, InputError, Scenario, SolverError, optimize
+from model.terms import DEVICES, TENSOR_KINDS
+
+from .spec import _input_message, program_version
+
+FRACTION_COLUMNS = tuple(f"{kind}_{dev}" for kind in TENSOR_KINDS for dev in DEVICES)
+PEAK_COLUMNS = {
+    "gpu_prefill_gib": ("gpu", "prefill"),
+    "gpu_decode_gib": ("gpu", "decode"),
+    "cpu_prefill_gib": ("cpu", "prefill"),
+    "cpu_decode_gib": ("cpu", "decode"),
+    "disk_gib": ("disk", None),
+}
+RESULT_COLUMNS = ("status", "throughput_tokens_per_s", "gpu_batch_size", "num_gpu_batches",
+                  *FRACTION_COLUMNS, *PEAK_COLUMNS, "block_time_s", "solve_s", "message")
+CONNECT_TIMEOUT_S = 10
+
+
+class VersionMismatch(Exception):
+    """A worker runs another program version than the study's."""
+
+
+def empty_row(status: str, message: str = "") -> dict:
+    row = {col: None for col in RESULT_COLUMNS}
+    row.update(status=status, message=message)
+    return row
+
+
+def solve_point(sc: Scenario, outputs: frozenset | tuple = ()) -> dict:
+    """Optimize one point's scenario; never raises (the study goes on).
+
+    Sensitivity and FlexLLMGen's integer percents are computed only when ``outputs`` asks
+    for them (``sensitivity``, ``flexllmgen``): a study rarely needs them per point.
+    """
+    try:
+        res = optimize(sc, sensitivity="sensitivity" in outputs, integer_percents="flexllmgen" in outputs)
+    except Infeasible as exc:
+        return empty_row("infeasible", "; ".join(exc.reasons))
+    except InputError as exc:
+        row = empty_row("error", _input_message(exc))
+        row["_input_error"] = True
+        return row
+    except SolverError as exc:
+        return empty_row("error", str(exc))
+    except Exception as exc:  # noqa: BLE001 - one point's crash is recorded; the study goes on
+        return empty_row("error", f"{exc.__class__.__name__}: {' '.join(str(exc).split())[:300]}")
+    row = empty_row(res.status)
+    if res.status == "infeasible":
+        row["message"] = "; ".join(res.infeasible_reasons)
+        return row
+    ev = res.evaluation
+    row.update(throughput_tokens_per_s=ev.throughput_tokens_per_s, gpu_batch_size=res.gpu_batch_size,
+               num_gpu_batches=res.num_gpu_batches, solve_s=res.solve.wall_s if res.solve else None,
+               block_time_s=ev.total_s)
+    for kind in TENSOR_KINDS:
+        for dev in DEVICES:
+            row[f"{kind}_{dev}"] = res.fractions[(kind, dev)]
+    for col, key in PEAK_COLUMNS.items():
+        row[col] = ev.peak_memory_gib[key]
+    notes = list(res.notes)
+    if res.status == "time_limit" and res.solve and res.solve.gap is not None:
+        notes.insert(0, f"stopped at the time limit with gap {100 * res.solve.gap:.4f}%")
+    row["message"] = "; ".join(notes)
+    if "flexllmgen" in outputs:
+        row["flexllmgen_percent"] = " ".join(map(str, res.flexllmgen_percent)) if res.flexllmgen_percent else None
+        row["flexllmgen_num_gpu_batches"] = res.flexllmgen_num_gpu_batches
+        row["flexllmgen_throughput_tokens_per_s"] = res.flexllmgen_throughput
+    if "sensitivity" in outputs and res.sensitivity is not None:
+        s = res.sensitivity
+        row["sensitivity_binding"] = "; ".join(s.binding)
+        for name, v in {**s.tokens_per_s_per_gib, **s.tokens_per_s_per_gib_per_s}.items():
+            row[f"sensitivity_{name}"] = v
+    return row
+
+
+def solve_task(sc: Scenario, outputs: tuple, version: str) -> dict:
+    """A worker's task: refuse another program version, then solve the point."""
+    mine = program_version()
+    if mine != version:
+        raise VersionMismatch(f"a worker runs program version {mine}, this study {version}")
+    return solve_point(sc, frozenset(outputs))
+
+
+OnResult = Callable[[int, dict], None]
+
+
+def run_local(todo: list[int], scenarios: dict[int, Scenario], outputs: frozenset, on_result: OnResult) -> None:
+    """Solve the points one after another in this process (``--jobs 1``)."""
+    for i in todo:
+        on_result(i, solve_point(scenarios[i], outputs))
+
+
+@contextlib.contextmanager
+def dask_client(scheduler: str | None, jobs: int, scratch_parent: Path) -> Iterator:
+    """A connected ``distributed.Client``: to ``scheduler``, or to an embedded LocalCluster of ``jobs``
+    single-threaded worker processes whose scratch folder is removed on every way out."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    for name in ("distributed", "tornado", "bokeh"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise InputError("--scheduler", scheduler, f"cannot connect within {CONNECT_TIMEOUT_S} s "
+                                                       f"({type(exc).__name__})") from None
+        try:
+            yield client
+        finally:
+            with contextlib.suppress(Exception):
+                client.close(timeout=5)
+        return
+    scratch = Path(tempfile.mkdtemp(prefix=".dask-scratch-", dir=scratch_parent))
+    cluster = client = None
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1, "temporary-directory": str(scratch),
+                              "distributed.worker.daemon": True}):
+            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                   local_directory=str(scratch), dashboard_address=None,
+                                   silence_logs=logging.CRITICAL)
+            client = Client(cluster, set_as_default=False)
+            yield client
+    finally:
+        if client is not None:
+            with contextlib.suppress(BaseException):
+                client.close(timeout=5)
+        if cluster is not None:
+            with contextlib.suppress(BaseException):
+                cluster.close(timeout=10)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_workers(client, version: str, scheduler: str | None) -> int:
+    """The number of worker threads; refuses workers of another program version (exit 2)."""
+    try:
+        versions = client.run(program_version)
+    except Exception as exc:  # noqa: BLE001 - e.g. a worker that cannot import this program
+        raise InputError("--scheduler", scheduler or "embedded", f"the workers cannot run this program "
+                                                                 f"({type(exc).__name__}: {exc})") from None
+    if not versions:
+        raise InputError("--scheduler", scheduler, "the cluster has no workers")
+    for addr, v in sorted(versions.items()):
+        if v != version:
+            raise InputError("--scheduler", scheduler or "embedded",
+                             f"worker {addr} runs program version {v}, this study {version}")
+    return max(1, sum(client.nthreads().values()))
+
+
+def run_dask(client, todo: list[int], scenarios: dict[int, Scenario], outputs: frozenset, version: str,
+             on_result: OnResult, scheduler: str | None, window: int) -> None:
+    """Solve the points on the cluster, at most ``window`` in flight; results come back here in order of finishing."""
+    from distributed import as_completed
+
+    try:
+        from distributed import KilledWorker
+    except ImportError:  # older distributed
+        from distributed.scheduler import KilledWorker
+
+    pending = iter(todo)
+    futures: dict = {}
+    ac = None
+    out = tuple(sorted(outputs))
+
+    def submit_next() -> bool:
+        nonlocal ac
+        i = next(pending, None)
+        if i is None:
+            return False
+        fut = client.submit(solve_task, scenarios[i], out, version, pure=False)
+        futures[fut] = i
+        if ac is not None:
+            ac.add(fut)
+        return True
+
+    try:
+        for _ in range(window):
+            if not submit_next():
+                break
+        ac = as_completed(list(futures), loop=client.loop)
+        for fut in ac:
+            i = futures.pop(fut)
+            try:
+                row = fut.result()
+            except VersionMismatch as exc:
+                raise InputError("--scheduler", scheduler or "embedded", str(exc)) from None
+            except KilledWorker as exc:
+                row = empty_row("error", f"worker crashed twice on this point (KilledWorker: "
+                                         f"{' '.join(str(exc).split())[:200]})")
+            except Exception as exc:  # noqa: BLE001 - recorded, never dropped
+                row = empty_row("error", f"worker failed: {exc.__class__.__name__}: "
+                                         f"{' '.join(str(exc).split())[:300]}")
+            on_result(i, row)
+            submit_next()
+    finally:
+        if futures:
+            with contextlib.suppress(BaseException):
+                client.cancel(list(futures))
