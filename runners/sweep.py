@@ -307,6 +307,7 @@ def _run(args, jobs: int) -> int:
     progress = None
     fresh_input_errors: list[str] = []
     try:
+        execute.remove_stale_scratch(out)
         finished = store.keys()
         reused = len({keys[i] for i in range(len(values)) if keys[i] in finished})
         for i, message in prepared.invalid.items():

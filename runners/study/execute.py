@@ -36,6 +36,7 @@ PEAK_COLUMNS = {
 RESULT_COLUMNS = ("status", "throughput_tokens_per_s", "gpu_batch_size", "num_gpu_batches",
                   *FRACTION_COLUMNS, *PEAK_COLUMNS, "block_time_s", "solve_s", "message")
 CONNECT_TIMEOUT_S = 10
+SCRATCH_PREFIX = ".dask-scratch-"
 
 
 class VersionMismatch(Exception):
@@ -133,7 +134,7 @@ def dask_client(scheduler: str | None, jobs: int, scratch_parent: Path) -> Itera
             with contextlib.suppress(Exception):
                 client.close(timeout=5)
         return
-    scratch = Path(tempfile.mkdtemp(prefix=".dask-scratch-", dir=scratch_parent))
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=scratch_parent))
     cluster = client = None
     try:
         with dask.config.set({"distributed.scheduler.allowed-failures": 1, "temporary-directory": str(scratch),
@@ -151,6 +152,17 @@ def dask_client(scheduler: str | None, jobs: int, scratch_parent: Path) -> Itera
             with contextlib.suppress(BaseException):
                 cluster.close(timeout=10)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def remove_stale_scratch(out: Path) -> int:
+    """Remove the embedded cluster's scratch folders that a killed run (SIGKILL) left in ``out``.
+    Call only while holding the study's lock: no live run of this study can own one then."""
+    n = 0
+    for d in Path(out).glob(SCRATCH_PREFIX + "*"):
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
 
 
 def check_workers(client, version: str, scheduler: str | None) -> int:

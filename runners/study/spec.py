@@ -20,9 +20,10 @@ plus optional axes over scenario files and hardware presets, filters, and output
     outputs: [sensitivity, flexllmgen]    # optional: per-point extras (each makes a point slower)
 
 The axes, slowest first, are ``scenario``, ``preset``, then ``vary`` in order; the points are
-every combination. A ``preset`` axis replaces the scenario's whole ``hardware`` section by
-the preset (``hardware: {preset: NAME}``); ``vary`` and ``overrides`` fields under
-``hardware.`` then apply on top of it. A ``where:`` condition is ``LEFT OP RIGHT`` with ``OP``
+every combination. A ``preset`` axis puts the preset over the scenario's ``hardware`` section:
+what the preset gives (the GPU's memory, links, FLOP rates, ...) replaces the scenario's, what
+it leaves out (CPU memory, disk, alphas) stays the scenario's; ``vary`` and ``overrides``
+fields under ``hardware.`` then apply on top. A ``where:`` condition is ``LEFT OP RIGHT`` with ``OP``
 one of ``<= >= < > == !=`` and each side a numeric scenario field or a number; it is
 evaluated on the point's resolved scenario (so a field the study does not vary counts with
 the base's value) and parsed by a regular expression, never ``eval``.
@@ -494,6 +495,13 @@ def _input_message(exc: InputError) -> str:
     return f"{exc.field} = {_short(exc.value)}: {exc.problem}"
 
 
+def _preset_over(hardware: dict, preset: str) -> dict:
+    """``hardware`` (a resolved scenario's section) with the preset's keys replacing its own."""
+    from model.scenario import _merge, _with_preset
+
+    return _merge(hardware, _with_preset({"preset": preset}, None))
+
+
 def prepare(sweep: Sweep, version: str | None = None) -> Prepared:
     """Resolve every point's scenario, apply ``where:``, and key each point.
 
@@ -504,6 +512,7 @@ def prepare(sweep: Sweep, version: str | None = None) -> Prepared:
     for p in dict.fromkeys([sweep.base, *sweep.bases.values()]):
         base_sc[p] = load_scenario(p)            # a bad base file is bad input (exit 2), named
     file_cache: dict = {}
+    preset_hw: dict[tuple, dict] = {}
     checked: dict[tuple, InputError | None] = {}
     outputs = sorted(sweep.outputs)
     values, keys, scenarios, invalid = [], [], {}, {}
@@ -513,6 +522,11 @@ def prepare(sweep: Sweep, version: str | None = None) -> Prepared:
         base = sweep.point_base(combo)
         ovr = sweep.point_overrides(combo)
         try:
+            if "hardware" in ovr:   # the preset axis: the preset over the base's hardware section
+                pk = (base, ovr["hardware"]["preset"])
+                if pk not in preset_hw:
+                    preset_hw[pk] = _preset_over(to_dict(base_sc[base])["hardware"], pk[1])
+                ovr = {**ovr, "hardware": preset_hw[pk]}
             sc = override(base_sc[base], ovr)
             skey = (sc.solver.name, json.dumps(sc.solver.options, sort_keys=True, default=str))
             if skey not in checked:  # unknown or missing solver, bad HiGHS option: fail here, not per worker
