@@ -345,7 +345,8 @@ def _run(args, jobs: int) -> int:
                 with execute.dask_client(args.scheduler, n, out) as client:
                     workers = execute.check_workers(client, prepared.version, args.scheduler)
                     execute.run_dask(client, todo, prepared.scenarios, sweep.outputs, prepared.version,
-                                     on_result, args.scheduler, window=2 * workers + 2)
+                                     on_result, args.scheduler, window=2 * workers + 2,
+                                     ship_files=args.scheduler is not None)
         progress.close()
         found = store.rows(keys)
     finally:

@@ -483,3 +483,20 @@ def test_unreachable_scheduler(tmp_path):
     assert time.monotonic() - t0 < 10 + 15          # 10 s to connect, plus start-up and loading
     assert proc.returncode == 2, e
     assert e.count("\n") == 1 and e.startswith("error: --scheduler = ") and "10 s" in e
+
+
+def test_shipped_files_replace_paths(tmp_path):
+    """A worker of a --scheduler study gets the hf_config's bytes, not its path: the scenario it solves
+    names a copy in the worker's folder, with the same bytes, and the architecture reads the same."""
+    from model.hf_config import from_hf_config
+
+    sc = load_scenario(SCEN / "mixtral-8x7b.yaml")
+    refs = execute.referenced_files(sc)
+    assert list(refs) == ["model.hf_config"]
+    files = {k: execute.read_file(k, p) for k, p in refs.items()}
+    moved = execute.materialize(sc, files, tmp_path / "worker")
+    new = Path(moved.model.hf_config)
+    assert new.parent.parent == tmp_path / "worker" / "moe-study-files" and new.name == "mixtral-8x7b.json"
+    assert new.read_bytes() == Path(sc.model.hf_config).read_bytes()
+    assert from_hf_config(new) == from_hf_config(sc.model.hf_config)
+    assert moved.hardware == sc.hardware and moved.workload == sc.workload

@@ -1,7 +1,8 @@
 """Running a study's points: in this process, on an embedded Dask LocalCluster, or on a Dask cluster.
 
 Workers receive the point's resolved :class:`~model.Scenario` (never a study or scenario file
-path) and return one result row; only the process that owns the study database writes it.
+path; on a ``--scheduler`` cluster also the bytes of the hf_config and routing-trace files it
+names, sent once per file) and return one result row; only the process that owns the study database writes it.
 Each task first checks that the worker runs the same program version as the study (package
 version and a hash of ``model/``): a worker running another one is refused (exit 2).
 
@@ -14,13 +15,17 @@ scheduler uses its own setting, default 3) comes back as ``KilledWorker`` and is
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
 from model import Infeasible, InputError, Scenario, SolverError, optimize
+from model.inputs import CONFIG_MAX_BYTES, TRACE_MAX_BYTES, read_bytes
 from model.terms import DEVICES, TENSOR_KINDS
 
 from .spec import _input_message, program_version
@@ -96,11 +101,60 @@ def solve_point(sc: Scenario, outputs: frozenset | tuple = ()) -> dict:
     return row
 
 
-def solve_task(sc: Scenario, outputs: tuple, version: str) -> dict:
-    """A worker's task: refuse another program version, then solve the point."""
+# the file fields of a scenario (read when the point is solved) and the cap on each file's size
+FILE_FIELDS = {("model", "hf_config"): CONFIG_MAX_BYTES, ("experts", "routing_trace"): TRACE_MAX_BYTES}
+
+
+def referenced_files(sc: Scenario) -> dict[str, str]:
+    """``{"model.hf_config": path, ...}``: the files a scenario names."""
+    out = {}
+    for (section, key) in FILE_FIELDS:
+        path = getattr(getattr(sc, section, None), key, None)
+        if path:
+            out[f"{section}.{key}"] = str(path)
+    return out
+
+
+def read_file(dotted: str, path: str) -> tuple[str, bytes]:
+    """``(file name, bytes)`` of a referenced file, through the input layer (regular file, size cap)."""
+    section, key = dotted.split(".")
+    return Path(path).name, read_bytes(path, dotted, FILE_FIELDS[(section, key)])
+
+
+def materialize(sc: Scenario, files: dict[str, tuple[str, bytes]], root: Path) -> Scenario:
+    """``sc`` with each referenced file replaced by a copy of the shipped bytes under ``root``
+    (in a folder named by their hash, under the file's own name: a trace's format is in its
+    suffix, and a model without a ``name`` is named after its config file)."""
+    for dotted, (name, data) in files.items():
+        section, key = dotted.split(".")
+        folder = Path(root) / "moe-study-files" / hashlib.sha256(data).hexdigest()[:16]
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / name
+        if not target.exists():
+            tmp = target.with_name(f".{target.name}.{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        part = dataclasses.replace(getattr(sc, section), **{key: str(target)})
+        sc = dataclasses.replace(sc, **{section: part})
+    return sc
+
+
+def solve_task(sc: Scenario, outputs: tuple, version: str, files: dict | None = None,
+               root: Path | None = None) -> dict:
+    """A worker's task: refuse another program version, then solve the point.
+
+    ``files`` (from a ``--scheduler`` study): the bytes of the files the scenario names, written
+    into the worker's own scratch folder (``root``, default the Dask worker's local directory),
+    so a worker on another machine needs none of the study's files."""
     mine = program_version()
     if mine != version:
         raise VersionMismatch(f"a worker runs program version {mine}, this study {version}")
+    if files:
+        if root is None:
+            from distributed import get_worker
+
+            root = Path(get_worker().local_directory)
+        sc = materialize(sc, files, root)
     return solve_point(sc, frozenset(outputs))
 
 
@@ -182,8 +236,9 @@ def check_workers(client, version: str, scheduler: str | None) -> int:
 
 
 def run_dask(client, todo: list[int], scenarios: dict[int, Scenario], outputs: frozenset, version: str,
-             on_result: OnResult, scheduler: str | None, window: int) -> None:
-    """Solve the points on the cluster, at most ``window`` in flight; results come back here in order of finishing."""
+             on_result: OnResult, scheduler: str | None, window: int, ship_files: bool = False) -> None:
+    """Solve the points on the cluster, at most ``window`` in flight; results come back here in order of
+    finishing. ``ship_files``: send the bytes of the files the scenarios name (a cluster on other machines)."""
     from distributed import as_completed
 
     try:
@@ -195,13 +250,23 @@ def run_dask(client, todo: list[int], scenarios: dict[int, Scenario], outputs: f
     futures: dict = {}
     ac = None
     out = tuple(sorted(outputs))
+    shipped: dict[tuple[str, str], object] = {}   # (field, path) -> the file's bytes, scattered once
+
+    def files_of(sc: Scenario) -> dict | None:
+        if not ship_files:
+            return None
+        refs = referenced_files(sc)
+        for dotted, path in refs.items():
+            if (dotted, path) not in shipped:
+                shipped[(dotted, path)] = client.scatter([read_file(dotted, path)], hash=False)[0]
+        return {dotted: shipped[(dotted, path)] for dotted, path in refs.items()} or None
 
     def submit_next() -> bool:
         nonlocal ac
         i = next(pending, None)
         if i is None:
             return False
-        fut = client.submit(solve_task, scenarios[i], out, version, pure=False)
+        fut = client.submit(solve_task, scenarios[i], out, version, files_of(scenarios[i]), pure=False)
         futures[fut] = i
         if ac is not None:
             ac.add(fut)
