@@ -506,3 +506,43 @@ def test_shipped_files_replace_paths(tmp_path):
     assert new.read_bytes() == Path(sc.model.hf_config).read_bytes()
     assert from_hf_config(new) == from_hf_config(sc.model.hf_config)
     assert moved.hardware == sc.hardware and moved.workload == sc.workload
+
+
+@pytest.mark.slow
+def test_worker_of_another_version_is_refused(tmp_path):
+    """A `dask worker` running a copy of the program whose model/ differs by one comment: exit 2, one line."""
+    import shutil
+
+    dask_cli = shutil.which("dask") or pytest.skip("the dask command is not installed")
+    copy = tmp_path / "other"
+    shutil.copytree(REPO / "model", copy / "model", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "runners", copy / "runners", ignore=shutil.ignore_patterns("__pycache__"))
+    with (copy / "model" / "errors.py").open("a") as fh:
+        fh.write("\n# another version\n")
+    f = write(tmp_path / "s.yaml", f"base: {A100}\n{VARY}")
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    other_env = dict(os.environ, PYTHONPATH=str(copy))
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              cwd=tmp_path, env=other_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([dask_cli, "worker", addr, "--nthreads", "1", "--no-dashboard",
+                                       "--local-directory", str(tmp_path / "w")], cwd=tmp_path, env=other_env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(addr, timeout=60) as c:
+            c.wait_for_workers(1, timeout=120)
+        proc = start([f, "--scheduler", addr, "--out", tmp_path / "o"])
+        o, e = proc.communicate(timeout=300)
+        assert proc.returncode == 2, e
+        assert e.count("\n") == 1 and e.startswith(f"error: --scheduler = '{addr}'") and "program version" in e
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
