@@ -546,3 +546,30 @@ def test_worker_of_another_version_is_refused(tmp_path):
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.slow
+def test_lost_worker_is_retried_and_a_point_that_crashes_twice_is_an_error(tmp_path):
+    """On the embedded cluster: a point whose worker dies once is solved on the retry; a point that
+    kills its worker every time comes back as `error` (KilledWorker), and the others are unaffected."""
+    scs = {i: load_scenario(A100, {"workload.prompt_len": p}) for i, p in enumerate([2048, 3072, 4096])}
+    marker = tmp_path / "crashed_once"
+
+    def task(sc, outputs, version, files=None):
+        import os as _os
+
+        if sc.workload.prompt_len == 3072:
+            _os._exit(3)                                   # every time
+        if sc.workload.prompt_len == 2048 and not marker.exists():
+            marker.write_text("x")
+            _os._exit(3)                                   # the first time only
+        return execute.solve_task(sc, outputs, version, files)
+
+    rows = {}
+    version = spec.program_version()
+    with execute.dask_client(None, 2, tmp_path) as client:
+        execute.run_dask(client, [0, 1, 2], scs, frozenset(), version, rows.__setitem__, None, window=4, task=task)
+    assert marker.exists()
+    assert rows[0]["status"] == "optimal" and rows[2]["status"] == "optimal"
+    assert rows[1]["status"] == "error" and "crashed twice" in rows[1]["message"]
+    assert not list(tmp_path.glob(".dask-scratch-*"))

@@ -191,10 +191,12 @@ def dask_client(scheduler: str | None, jobs: int, scratch_parent: Path) -> Itera
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=scratch_parent))
     cluster = client = None
     try:
+        # worker-saturation 1.0: a worker holds only the point it runs, so a point that kills its
+        # worker takes no queued bystander down with it (each death counts against every point there)
         with dask.config.set({"distributed.scheduler.allowed-failures": 1, "temporary-directory": str(scratch),
-                              "distributed.worker.daemon": True}):
+                              "distributed.scheduler.worker-saturation": 1.0, "distributed.worker.daemon": True}):
             cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                                   local_directory=str(scratch), dashboard_address=None,
+                                   local_directory=str(scratch), dashboard_address=":0",
                                    silence_logs=logging.CRITICAL)
             client = Client(cluster, set_as_default=False)
             yield client
@@ -236,9 +238,11 @@ def check_workers(client, version: str, scheduler: str | None) -> int:
 
 
 def run_dask(client, todo: list[int], scenarios: dict[int, Scenario], outputs: frozenset, version: str,
-             on_result: OnResult, scheduler: str | None, window: int, ship_files: bool = False) -> None:
+             on_result: OnResult, scheduler: str | None, window: int, ship_files: bool = False,
+             task: Callable = None) -> None:
     """Solve the points on the cluster, at most ``window`` in flight; results come back here in order of
-    finishing. ``ship_files``: send the bytes of the files the scenarios name (a cluster on other machines)."""
+    finishing. ``ship_files``: send the bytes of the files the scenarios name (a cluster on other machines).
+    ``task``: what a worker runs per point (default :func:`solve_task`; tests crash workers with it)."""
     from distributed import as_completed
 
     try:
@@ -266,7 +270,7 @@ def run_dask(client, todo: list[int], scenarios: dict[int, Scenario], outputs: f
         i = next(pending, None)
         if i is None:
             return False
-        fut = client.submit(solve_task, scenarios[i], out, version, files_of(scenarios[i]), pure=False)
+        fut = client.submit(task or solve_task, scenarios[i], out, version, files_of(scenarios[i]), pure=False)
         futures[fut] = i
         if ac is not None:
             ac.add(fut)
