@@ -175,8 +175,10 @@ def best_table(sweep: Sweep, values: list[tuple], rows: dict[int, dict]) -> str:
         lines.append(cells)
     widths = [max(len(h), *(len(line[k]) for line in lines)) for k, h in enumerate(heads)]
 
+    n_names = len(heads) - 7                           # the group columns, left-aligned like "at"
+
     def fmt(cells):
-        return "  ".join(c.ljust(w) if k < len(heads) - 5 - 2 or k == len(heads) - 1 else c.rjust(w)
+        return "  ".join(c.ljust(w) if k < n_names or k == len(heads) - 1 else c.rjust(w)
                          for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
     return "\n".join([fmt(heads)] + [fmt(line) for line in lines])
 
@@ -347,8 +349,12 @@ def _run(args, jobs: int) -> int:
                     execute.run_dask(client, todo, prepared.scenarios, sweep.outputs, prepared.version,
                                      on_result, args.scheduler, window=2 * workers + 2,
                                      ship_files=args.scheduler is not None)
-        progress.close()
         found = store.rows(keys)
+    except BaseException as exc:
+        if isinstance(exc, (KeyboardInterrupt, execute.Terminated)):   # the finished points are kept: say so
+            say(f"sweep {sweep.name}: stopped; {store.count()} points are in {out / DB_NAME}; "
+                "run the same command again to go on")
+        raise
     finally:
         if progress is not None:
             progress.close()

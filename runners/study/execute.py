@@ -21,10 +21,12 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
 from model import Infeasible, InputError, Scenario, SolverError, optimize
+from runners.cli import Terminated  # noqa: F401 - re-exported for runners.sweep
 from model.inputs import CONFIG_MAX_BYTES, TRACE_MAX_BYTES, read_bytes
 from model.terms import DEVICES, TENSOR_KINDS
 
@@ -176,6 +178,7 @@ def dask_client(scheduler: str | None, jobs: int, scratch_parent: Path) -> Itera
 
     for name in ("distributed", "tornado", "bokeh"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore", module=r"distributed(\.|$)")   # stderr is for our one-line messages
     if scheduler:
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
