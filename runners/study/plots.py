@@ -249,7 +249,12 @@ def plot_pareto(sweep: Sweep, values: list[tuple], rows: dict[int, dict], path: 
         c = np.array([float(v) for v in cvals])
         sc = ax.scatter(x, y, c=c, cmap="viridis", s=18, alpha=0.8, lw=0,
                         norm="log" if _use_log(param) else None)
-        fig.colorbar(sc, ax=ax, label=param.field)
+        cb = fig.colorbar(sc, ax=ax, label=param.field)
+        from matplotlib.ticker import FuncFormatter
+
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+        cb.ax.yaxis.set_major_formatter(plain)
+        cb.ax.yaxis.set_minor_formatter(plain)
     else:
         levels = list(param.values)
         if _numeric(param):
