@@ -288,6 +288,9 @@ def test_pareto_front_by_hand():
     pts = [(10, 5), (20, 4), (30, 9), (5, 1), (30, 9), (40, 9), (50, 12)]
     # by block time: (5,1) front; (10,5) front; (20,4) no; (30,9) front (first of the tie); (40,9) no; (50,12) front
     assert pareto_front(pts) == [3, 0, 2, 6]
+    # within a relative tolerance a higher throughput does not count: 9.0005 is not > 9 x 1.0001
+    assert pareto_front([(1, 9), (2, 9.0005), (3, 9.01)], rel_tol=1e-4) == [0, 2]
+    assert pareto_front([(1, 9), (2, 9.0005), (3, 9.01)]) == [0, 1, 2]
 
 
 def test_best_table_per_scenario():

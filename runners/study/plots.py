@@ -212,13 +212,18 @@ def plot(sweep: Sweep, values: list[tuple], rows: dict[int, dict], path: Path) -
 
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+PARETO_REL_TOL = 1e-4     # the scenarios' default mip_gap
+
+
+def pareto_front(points: list[tuple[float, float]], rel_tol: float = 0.0) -> list[int]:
     """Indexes of the points no other point beats on both counts (lower block time, higher
-    throughput), ordered by block time. Ties: the first of equal points is kept."""
+    throughput), ordered by block time. Ties: the first of equal points is kept. With
+    ``rel_tol`` a point must beat the throughput before it by more than that fraction (the
+    plot uses the default MIP gap, 1e-4: closer optima are not told apart by the solver)."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
     front, best = [], -math.inf
     for i in order:
-        if points[i][1] > best:
+        if points[i][1] > best * (1 + rel_tol) if best > 0 else points[i][1] > best:
             front.append(i)
             best = points[i][1]
     return front
@@ -266,7 +271,7 @@ def plot_pareto(sweep: Sweep, values: list[tuple], rows: dict[int, dict], path: 
                 ax.scatter(x[mask], y[mask], s=22, alpha=0.85, lw=0, color=cmap(k % cmap.N),
                            label=f"{param.field} = {_fmt_value(level)}")
         ax.legend(loc="best", fontsize=8, title=None)
-    front = pareto_front(pts)
+    front = pareto_front(pts, rel_tol=PARETO_REL_TOL)
     fx, fy = x[front], y[front]
     ax.step(fx, fy, where="post", color="black", lw=1.3, label="Pareto front")
     ax.plot(fx, fy, "o", mfc="none", mec="black", ms=8, mew=1.2)
