@@ -443,7 +443,7 @@ def test_external_dask_scheduler_and_two_workers(tmp_path):
     f = write(tmp_path / "s.yaml", SMALL)
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
-    env = cli_env()
+    env = dict(cli_env(), DASK_TEMPORARY_DIRECTORY=str(tmp_path))   # the scheduler's scratch: not /tmp
     procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--no-dashboard"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)]
@@ -525,7 +525,7 @@ def test_worker_of_another_version_is_refused(tmp_path):
     f = write(tmp_path / "s.yaml", f"base: {A100}\n{VARY}")
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
-    other_env = dict(os.environ, PYTHONPATH=str(copy))
+    other_env = dict(os.environ, PYTHONPATH=str(copy), DASK_TEMPORARY_DIRECTORY=str(tmp_path))
     procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                               cwd=tmp_path, env=other_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     try:
