@@ -256,7 +256,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--export", action="store_true",
                    help="solve nothing: write points.csv and the plots from the finished points in "
                         "DIR/study.sqlite (also while the study runs)")
-    p.add_argument("--plot-to", metavar="FILE.png", help="also write the plot to this file")
+    p.add_argument("--plot-to", metavar="FILE.png", help="also write the plot to this file (the line plot or "
+                                                         "heatmap; the pareto plot for three or more axes)")
     p.add_argument("--color-by", metavar="AXIS",
                    help="the axis that colours the pareto plot (a varied field, scenario or preset; "
                         "default: the first axis)")
@@ -305,6 +306,8 @@ def _run(args, jobs: int) -> int:
         print("wrote " + ", ".join(str(p) for p in written))
         return 0
 
+    if args.scheduler is not None:
+        execute.check_scheduler(args.scheduler)     # before the output folder is made
     store = Store(out, RESULT_COLUMNS, write=True)
     progress = None
     fresh_input_errors: list[str] = []

@@ -492,6 +492,34 @@ def test_unreachable_scheduler(tmp_path):
     assert time.monotonic() - t0 < 10 + 15          # 10 s to connect, plus start-up and loading
     assert proc.returncode == 2, e
     assert e.count("\n") == 1 and e.startswith("error: --scheduler = ") and "10 s" in e
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_server_that_is_not_a_dask_scheduler(tmp_path):
+    """A TCP server that answers with garbage: exit 2, one line, within the 10 s."""
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+
+    def serve():
+        with contextlib.suppress(OSError):
+            conn, _ = srv.accept()
+            conn.sendall(b"\xff" * 64 + b"HTTP/1.1 200 OK\r\n\r\n")
+            time.sleep(15)
+            conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    f = write(tmp_path / "s.yaml", f"base: {A100}\n{VARY}")
+    t0 = time.monotonic()
+    proc = start([f, "--scheduler", f"tcp://127.0.0.1:{port}", "--out", tmp_path / "o"])
+    o, e = proc.communicate(timeout=60)
+    srv.close()
+    assert proc.returncode == 2, e
+    assert e.count("\n") == 1 and e.startswith("error: --scheduler = "), e
+    assert time.monotonic() - t0 < 10 + 15
 
 
 def test_shipped_files_replace_paths(tmp_path):

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -170,6 +171,44 @@ def run_local(todo: list[int], scenarios: dict[int, Scenario], outputs: frozense
         on_result(i, solve_point(scenarios[i], outputs))
 
 
+_ADDRESS_RE = re.compile(r"^(?:(?P<proto>[a-z]+)://)?(?P<host>\[[0-9a-fA-F:]+\]|[^\s:/\[\]]+)(?::(?P<port>\d{1,5}))?/?$")
+DEFAULT_SCHEDULER_PORT = 8786
+
+
+def check_scheduler(address: str) -> None:
+    """Refuse (exit 2, one line) an address that is malformed, or where no Dask scheduler answers
+    an ``identity`` request within :data:`CONNECT_TIMEOUT_S`, before any Dask client exists (a
+    client that fails half-way leaves a noisy finalizer, and a server that is not Dask's can
+    send anything)."""
+    m = _ADDRESS_RE.match(address.strip())
+    if not m or (m["proto"] or "tcp") not in ("tcp", "tls", "ws", "wss"):
+        raise InputError("--scheduler", address, "expected a scheduler address, e.g. tcp://HOST:8786")
+    import asyncio
+
+    from distributed.comm import connect
+
+    full = address.strip() if m["proto"] else f"tcp://{address.strip()}"
+    if not m["port"]:
+        full = f"{full.rstrip('/')}:{DEFAULT_SCHEDULER_PORT}"
+
+    async def identity():
+        comm = await connect(full, timeout=CONNECT_TIMEOUT_S)
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        info = asyncio.run(asyncio.wait_for(identity(), CONNECT_TIMEOUT_S))
+    except (Exception, MemoryError) as exc:  # noqa: BLE001 - refused, timed out, not Dask's protocol
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise InputError("--scheduler", address, f"no Dask scheduler answers there within "
+                                                 f"{CONNECT_TIMEOUT_S} s ({reason})") from None
+    if not isinstance(info, dict) or info.get("type") != "Scheduler":
+        raise InputError("--scheduler", address, "answers, but is not a Dask scheduler")
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | None, jobs: int, scratch_parent: Path) -> Iterator:
     """A connected ``distributed.Client``: to ``scheduler``, or to an embedded LocalCluster of ``jobs``
@@ -181,6 +220,7 @@ def dask_client(scheduler: str | None, jobs: int, scratch_parent: Path) -> Itera
         logging.getLogger(name).setLevel(logging.CRITICAL)
     warnings.filterwarnings("ignore", module=r"distributed(\.|$)")   # stderr is for our one-line messages
     if scheduler:
+        check_scheduler(scheduler)
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
