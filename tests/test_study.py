@@ -176,6 +176,9 @@ def test_key_survives_axis_reordering_and_changes_with_inputs(tmp_path):
     base3 = write(tmp_path / "base3.yaml", "# a comment\n" + A100.read_text())
     d = write(tmp_path / "d.yaml", a.read_text().replace(str(A100), str(base3)))
     assert spec.prepare(sw.load_sweep(d)).keys == ka.keys
+    # asking for per-point extras is another result: new keys
+    e = write(tmp_path / "e.yaml", a.read_text() + "outputs: [sensitivity]\n")
+    assert not set(spec.prepare(sw.load_sweep(e)).keys) & set(ka.keys)
     # another program version: new keys
     assert not set(spec.prepare(sw.load_sweep(a), version="0.0.0+other").keys) & set(ka.keys)
 
