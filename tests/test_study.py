@@ -406,6 +406,10 @@ def test_sigint_then_sigkill_then_resume(tmp_path):
 
     # 2: SIGKILL partway (nothing runs in the study's process after that)
     proc = start([f, "--jobs", "2", "--out", out, "--no-plot"])
+    wait_for_points(proc, out / "study.sqlite", first + 1)
+    other = start([f, "--jobs", "1", "--out", out, "--no-plot"])     # a second writer meanwhile: refused
+    o2, e2 = other.communicate(timeout=120)
+    assert other.returncode == 2 and e2.count("\n") == 1 and f"(pid {proc.pid})" in e2, e2
     wait_for_points(proc, out / "study.sqlite", first + n // 4)
     kids = descendants(proc.pid)
     proc.kill()
