@@ -29,10 +29,10 @@ from typing import Callable, Iterator
 
 from model import Infeasible, InputError, Scenario, SolverError, optimize
 from runners.cli import Terminated  # noqa: F401 - re-exported for runners.sweep
-from model.inputs import CONFIG_MAX_BYTES, TRACE_MAX_BYTES, read_bytes
+from model.inputs import read_bytes
 from model.terms import DEVICES, TENSOR_KINDS
 
-from .spec import _input_message, program_version
+from .spec import FILE_FIELDS, _input_message, program_version
 
 FRACTION_COLUMNS = tuple(f"{kind}_{dev}" for kind in TENSOR_KINDS for dev in DEVICES)
 PEAK_COLUMNS = {
@@ -105,8 +105,6 @@ def solve_point(sc: Scenario, outputs: frozenset | tuple = ()) -> dict:
     return row
 
 
-# the file fields of a scenario (read when the point is solved) and the cap on each file's size
-FILE_FIELDS = {("model", "hf_config"): CONFIG_MAX_BYTES, ("experts", "routing_trace"): TRACE_MAX_BYTES}
 
 
 def referenced_files(sc: Scenario) -> dict[str, str]:

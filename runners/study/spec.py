@@ -453,13 +453,14 @@ def program_version() -> str:
     return _VERSION
 
 
-# file fields a resolved scenario names; their bytes are inputs too
-_FILE_FIELDS = {("model", "hf_config"): CONFIG_MAX_BYTES, ("experts", "routing_trace"): TRACE_MAX_BYTES}
+# the file fields of a scenario (read when the point is solved; their bytes are inputs too)
+# and the cap on each file's size
+FILE_FIELDS = {("model", "hf_config"): CONFIG_MAX_BYTES, ("experts", "routing_trace"): TRACE_MAX_BYTES}
 
 
 def _file_hashes(resolved: dict, cache: dict) -> dict:
     out = {}
-    for (section, key), cap in _FILE_FIELDS.items():
+    for (section, key), cap in FILE_FIELDS.items():
         p = (resolved.get(section) or {}).get(key)
         if isinstance(p, str) and p:
             if p not in cache:
