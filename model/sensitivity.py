@@ -125,7 +125,6 @@ def _duals(lp, solver: str):
 def sensitivity(sc, data: ModelData, g: int, N: int) -> Sensitivity:
     """Binding constraints and marginal values at ``(g, N)``; see the module docstring."""
     from .accounting import build_accounting
-    from .experts import ExpertSetup, specialize
 
     fixed = data.fixed_at(g, N)
     lp = build_model(fixed)
@@ -143,14 +142,11 @@ def sensitivity(sc, data: ModelData, g: int, N: int) -> Sensitivity:
     for path, value in priced_fields(sc, lp).items():
         step = _EPS * value if value else _EPS
         bumped_sc = _bumped(sc, path, value + step)
-        acc = build_accounting(bumped_sc)
-        if data.expert_decision is not None:
-            acc = specialize(acc, ExpertSetup.from_scenario(bumped_sc), data.expert_decision, g * N)
         hw = bumped_sc.hardware
-        bumped = dataclasses.replace(
-            fixed, accounting=acc, scenario=bumped_sc,
+        bumped = dataclasses.replace(   # the same decisions (attention mode, expert roles), rebuilt accounting
+            data, accounting=build_accounting(bumped_sc), scenario=bumped_sc,
             capacity_gib={d: getattr(hw.memory_gib, d) for d in ("gpu", "cpu", "disk")})
-        other = build_model(bumped)
+        other = build_model(bumped.fixed_at(g, N))
         _load_point(lp, other)
         d_obj = (pyo.value(other.objective.time_per_seq_s) - t) / step
         dt = d_obj

@@ -323,7 +323,7 @@ def _file_list(raw: Any, key: str, study_dir: Path) -> dict:
             raise SweepInputError(f"{key}[{i}]", item, "is given twice")
         p = (Path(item) if Path(item).is_absolute() else study_dir / item).resolve()
         if not p.is_file():
-            raise SweepInputError(f"{key}[{i}]", item, f"scenario file not found ({p})")
+            raise SweepInputError(f"{key}[{i}]", item, _not_a_file("scenario file", p))
         out[item] = p
     return out
 
@@ -344,7 +344,7 @@ def _preset_list(raw: Any, study_dir: Path) -> dict:
             raise SweepInputError(where, item, exc.problem) from None
         if is_preset_path(item):
             if not path.is_file():
-                raise SweepInputError(where, item, f"preset file not found ({path})")
+                raise SweepInputError(where, item, _not_a_file("preset file", path))
             out[item] = str(path.resolve())
         else:
             out[item] = item
@@ -382,7 +382,7 @@ def load_sweep(path: str | Path) -> Sweep:
             raise SweepInputError("base", base, "expected a scenario file path (relative to the sweep file)")
         base_path = (Path(base) if Path(base).is_absolute() else study_dir / base).resolve()
         if not base_path.is_file():
-            raise SweepInputError("base", base, f"scenario file not found ({base_path})")
+            raise SweepInputError("base", base, _not_a_file("scenario file", base_path))
     presets: dict = {}
     if "preset" in raw:
         presets = _preset_list(raw["preset"], study_dir)
@@ -558,3 +558,14 @@ def prepare(sweep: Sweep, version: str | None = None) -> Prepared:
         raise InputError(first.field, first.value, f"{first.problem} (at every point of the sweep)")
     return Prepared(values=values, keys=keys, scenarios=scenarios, invalid=invalid, skipped=skipped,
                     version=version)
+
+
+def _not_a_file(what: str, path) -> str:
+    """Why ``path`` is not a readable input: absent, or there but not a regular file (a FIFO, a device,
+    a directory: never opened, since reading one could hang or make no sense)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists():
+        return f"{what} {p} is not a regular file (a FIFO, device or directory is not read)"
+    return f"{what} not found ({p})"
