@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def excerpt(value: Any, limit: int = 80, _depth: int = 0) -> str:
+def excerpt(value: Any, limit: int = 240, _depth: int = 0) -> str:
     """A bounded, escaped, one-line quote of ``value`` for an error message.
 
     Containers are summarized without walking them whole; integers too long to print are

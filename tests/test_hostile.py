@@ -249,6 +249,7 @@ def assert_contract(case_id: str, code: int, err: str, expected: int, words: lis
         assert w in lines[0], f"{case_id}: {w!r} not in {lines[0]!r}"
 
 
+@pytest.mark.slow   # 50 subprocesses under a memory cap; the in-process cases below stay in the fast run
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_case(case: Case, tmp_path):
     code, _out, err, _seconds = run_runner(case.runner, resolve(case.argv, tmp_path))

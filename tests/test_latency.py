@@ -28,6 +28,7 @@ def test_optimum_under_a_latency_limit(limit_s, tput, g, N):
     assert res.evaluation.total_s <= limit_s * (1 + 1e-7)
 
 
+@pytest.mark.slow   # the explanation bisects each limit's field: a few dozen MILPs
 def test_unreachable_limit_names_the_latency_limit_first():
     with pytest.raises(Infeasible) as exc:
         optimize(load_scenario(T4, {"workload.max_block_time_s": 120}))

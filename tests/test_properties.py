@@ -31,6 +31,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.slow   # hypothesis: a few hundred random scenarios (the second step of .ci/run)
 import yaml
 from hypothesis import HealthCheck, Phase, assume, event, example, given, note, settings
 from hypothesis import strategies as st
