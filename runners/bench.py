@@ -103,8 +103,24 @@ def main(argv=None) -> int:
     ap.add_argument("--probe", action="store_true",
                     help="instead: runners.probe's CPU memory bandwidth and GEMM figures next to a direct numpy "
                          "copy and matmul timed in the same run, as ratios (runners/bench_probe.py)")
+    ap.add_argument("--reference161", action="store_true",
+                    help="instead: the core MILP over the 161 scenarios of scenarios/reference/ (solver median, "
+                         "90th percentile, slowest; optimize() median) and, with --repeats, t4_reference's solver "
+                         "and whole-command medians (runners/bench_speed.py)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="--reference161: a variant to compare, scenario overrides after the name, e.g. "
+                         "gap4:solver.mip_gap=1e-4 (repeatable; interleaved over the same scenarios; "
+                         "default: the scenario's own settings)")
+    ap.add_argument("--limit", type=int, default=None, metavar="K",
+                    help="--reference161: only the first K scenarios")
+    ap.add_argument("--csv", default=None, metavar="FILE",
+                    help="--reference161: write one row per scenario and variant (status, tokens/s, g, N, seconds)")
     add_debug_flag(ap)
     args = ap.parse_args(argv)
+    if args.reference161:
+        from runners.bench_speed import parse_variant, reference161
+        repeats = args.repeats if "--repeats" in (sys.argv[1:] if argv is None else argv) else 0
+        return reference161([parse_variant(v) for v in args.variant], repeats, args.limit, args.csv)
     if args.probe:
         from runners.bench_probe import probe_table
         return probe_table()
