@@ -158,7 +158,7 @@ def main(argv=None) -> int:
                 e = enumerate_policies(data, prune=True)
                 enum = f" {e.seconds:8.2f} {e.lps_solved:7d} {e.seconds / (build + solve):16.1f}x"
                 tput = res.throughput_tokens_per_s
-                if e.best_throughput is None or tput < e.best_throughput * (1 - sc.solver.mip_gap) - 1e-9 \
+                if e.best_throughput is None or tput < e.best_throughput * (1 - sc.solver.gap) - 1e-9 \
                         or tput > e.best_throughput * (1 + 1e-7):
                     print(f"ERROR {path.stem}: enumeration best {e.best_throughput} at g={e.best_g}, N={e.best_N} "
                           f"vs MILP {tput} at g={res.gpu_batch_size}, N={res.num_gpu_batches}", file=sys.stderr)
