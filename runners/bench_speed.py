@@ -74,7 +74,10 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise InputError("--variant", text, "expected NAME:KEY=VALUE,...")
-        sets[key.strip()] = yaml.safe_load(value)
+        try:
+            sets[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise InputError("--variant", text, f"the value of {key} is not valid YAML") from None
     if not name:
         raise InputError("--variant", text, "the variant needs a name before ':'")
     return name, sets
