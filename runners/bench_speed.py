@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from model import load_scenario, optimize, override
-from model.errors import Infeasible, InputError
+from model.errors import Infeasible, InputError, SolverError
 from model.inputs import CSV_MAX_BYTES, read_text
 from runners.cli import say
 
@@ -92,8 +92,10 @@ def _solve(sc) -> dict:
     t0 = time.perf_counter()
     try:
         res = optimize(sc)
-    except Infeasible:
-        return {"status": "infeasible", "solver_s": None, "total_s": time.perf_counter() - t0,
+    except (Infeasible, SolverError) as exc:
+        if isinstance(exc, SolverError):
+            say(f"error: {exc}")
+        return {"status": "infeasible" if isinstance(exc, Infeasible) else "error", "solver_s": None, "total_s": time.perf_counter() - t0,
                 "tokens_per_s": None, "g": None, "N": None}
     return {"status": res.status, "solver_s": res.solve.wall_s, "total_s": res.total_s,
             "tokens_per_s": res.throughput_tokens_per_s, "g": res.gpu_batch_size, "N": res.num_gpu_batches}
@@ -119,7 +121,7 @@ def reference161(variants: list[tuple[str, dict]], repeats: int = 0, limit: int 
             if r["tokens_per_s"] is not None:
                 best[r["id"]] = max(best.get(r["id"], 0.0), r["tokens_per_s"])
     print(f"{len(rows)} reference scenarios (t4_reference constants); seconds, this machine")
-    print(f"{'variant':<16} {'solved':>6} {'infeas':>6} {'limit':>5} {'solver med':>10} {'p90':>7} {'max':>7} "
+    print(f"{'variant':<16} {'solved':>6} {'infeas':>6} {'errors':>6} {'limit':>5} {'solver med':>10} {'p90':>7} {'max':>7} "
           f"{'optimize med':>12} {'sum solver':>10} {'worst vs best':>13}")
     for name, _ in variants:
         rs = results[name]
@@ -127,6 +129,7 @@ def reference161(variants: list[tuple[str, dict]], repeats: int = 0, limit: int 
         times = [r["solver_s"] for r in solved] or [0.0]
         worst = max((1 - r["tokens_per_s"] / best[r["id"]] for r in solved), default=0.0)
         print(f"{name:<16} {len(solved):6d} {sum(r['status'] == 'infeasible' for r in rs):6d} "
+              f"{sum(r['status'] == 'error' for r in rs):6d} "
               f"{sum(r['status'] == 'time_limit' for r in rs):5d} {statistics.median(times):10.3f} "
               f"{_pct(times, 0.9):7.3f} {max(times):7.3f} "
               f"{statistics.median(r['total_s'] for r in rs):12.3f} {sum(times):10.1f} {worst:13.2e}")
