@@ -13,6 +13,9 @@ Speed is reported, never asserted: machines here are shared and noisy.
 (reference assumptions, expected traffic, a skewed routing trace, pinning, CPU
 experts, everything) for each scenario at generation lengths 32 and 256, and
 prints throughput, the policy chosen and the solve time of each.
+
+``--reference161`` instead times the core MILP over the original script's 161 scenarios and
+``t4_reference`` (``runners/bench_speed.py``; ``--variant`` compares settings in the same run).
 """
 
 from __future__ import annotations
