@@ -253,7 +253,7 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
     acc = data.accounting
     t0 = time.perf_counter()
     opts = dict(time_limit_s=max(min(1.0, sc.solver.time_limit_s), sc.solver.time_limit_s - (t0 - t_start)),
-                mip_gap=sc.solver.mip_gap,
+                mip_gap=sc.solver.gap,
                 threads=sc.solver.threads, options=sc.solver.options)
     if bounds.g_lo == bounds.g_hi and bounds.N_lo == bounds.N_hi and data.experts is None:
         g, N = bounds.g_lo, bounds.N_lo
@@ -266,7 +266,7 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
         seed = _seed(data, sc, opts) if data.experts is not None and data.experts.has_decisions else None
         if seed is not None:
             m.experts.better_than_seed = pyo.Constraint(
-                expr=m.objective.time_per_seq_s <= seed[4].objective * (1 - sc.solver.mip_gap),
+                expr=m.objective.time_per_seq_s <= seed[4].objective * (1 - sc.solver.gap),
                 doc="cutoff: strictly better than the seed policy by more than the gap")
             opts = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s - (time.perf_counter() - t_start))}
         milp_res = solvers.solve(m, sc.solver.name, is_mip=True, **opts)
@@ -285,7 +285,7 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
         g, N = _batch_sizes(m)
         data = _with_decision(data, m)
         lp, lp_res, g2, N2, notes, facts = _resolve_with_repair(data, g, N, sc, opts)
-        if not notes and _optimistic(milp_res, lp_res, sc.solver.mip_gap):
+        if not notes and _optimistic(milp_res, lp_res, sc.solver.gap):
             # the MILP's (g, N) fits, but its objective was better than the exact LP there by more than the
             # gap (a solver's tolerances let it bend a row): certify the exact policy like a repaired one
             notes = [f"the solver's objective at g={g}, N={N} was optimistic (its tolerances); the exact LP there "
@@ -296,10 +296,10 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
             notes += more
             # certified within the requested gap: that is what "optimal" promises, whatever the solver's
             # own (optimistic) bound said
-            milp_res = replace(milp_res, termination="optimal", bound=lp_res.objective * (1 - sc.solver.mip_gap),
-                               gap=sc.solver.mip_gap)
+            milp_res = replace(milp_res, termination="optimal", bound=lp_res.objective * (1 - sc.solver.gap),
+                               gap=sc.solver.gap)
         else:
-            _check_agreement(milp_res, lp_res, sc.solver.mip_gap, g, N)
+            _check_agreement(milp_res, lp_res, sc.solver.gap, g, N)
         g, N = g2, N2
     return _report(sc, data, bounds, g, N, lp, lp_res, milp_res, build_s, notes, opts, t_start,
                    sensitivity, integer_percents)
@@ -403,7 +403,7 @@ def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: 
     g, N, full, lp, lp_res = seed
     proved = milp_res.termination == "infeasible"
     status = "optimal" if proved else "time_limit"
-    bound = lp_res.objective * (1 - sc.solver.mip_gap) if proved else milp_res.bound
+    bound = lp_res.objective * (1 - sc.solver.gap) if proved else milp_res.bound
     solve = solvers.SolveResult(solver=milp_res.solver, version=milp_res.version, termination=status,
                                 has_solution=True, objective=lp_res.objective, bound=bound,
                                 gap=None if bound is None else max(0.0, 1 - bound / lp_res.objective),
@@ -456,7 +456,7 @@ def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, facts, m
     feasibility is monotone in g and N): infeasible means certified; a new (g, N) is
     repaired and kept if better. Returns the best (lp, result, g, N) and notes.
     """
-    gap = sc.solver.mip_gap
+    gap = sc.solver.gap
     lp, lp_res, g, N = best
     lower = milp.bound if milp.bound is not None else milp.objective * (1 - gap)
     if lp_res.objective * (1 - gap) <= lower * (1 + 1e-9):

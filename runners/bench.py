@@ -13,6 +13,9 @@ Speed is reported, never asserted: machines here are shared and noisy.
 (reference assumptions, expected traffic, a skewed routing trace, pinning, CPU
 experts, everything) for each scenario at generation lengths 32 and 256, and
 prints throughput, the policy chosen and the solve time of each.
+
+``--reference161`` instead times the core MILP over the original script's 161 scenarios and
+``t4_reference`` (``runners/bench_speed.py``; ``--variant`` compares settings in the same run).
 """
 
 from __future__ import annotations
@@ -153,8 +156,24 @@ def main(argv=None) -> int:
                          "model's prediction, shipped and calibrated (runners/bench_fidelity.py)")
     ap.add_argument("--fit-gen-lens", default="32,128",
                     help="--fidelity: the generation lengths the held-out check fits on (default: %(default)s)")
+    ap.add_argument("--reference161", action="store_true",
+                    help="instead: the core MILP over the 161 scenarios of scenarios/reference/ (solver median, "
+                         "90th percentile, slowest; optimize() median) and, with --repeats, t4_reference's solver "
+                         "and whole-command medians (runners/bench_speed.py)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                    help="--reference161: a variant to compare, scenario overrides after the name, e.g. "
+                         "gap4:solver.mip_gap=1e-4 (repeatable; interleaved over the same scenarios; "
+                         "default: the scenario's own settings)")
+    ap.add_argument("--limit", type=int, default=None, metavar="K",
+                    help="--reference161: only the first K scenarios")
+    ap.add_argument("--csv", default=None, metavar="FILE",
+                    help="--reference161: write one row per scenario and variant (status, tokens/s, g, N, seconds)")
     add_debug_flag(ap)
     args = ap.parse_args(argv)
+    if args.reference161:
+        from runners.bench_speed import parse_variant, reference161
+        repeats = args.repeats if "--repeats" in (sys.argv[1:] if argv is None else argv) else 0
+        return reference161([parse_variant(v) for v in args.variant], repeats, args.limit, args.csv)
     if args.probe:
         from runners.bench_probe import probe_table
         return probe_table()
@@ -198,7 +217,7 @@ def main(argv=None) -> int:
                 e = enumerate_policies(data, prune=True)
                 enum = f" {e.seconds:8.2f} {e.lps_solved:7d} {e.seconds / (build + solve):16.1f}x"
                 tput = res.throughput_tokens_per_s
-                if e.best_throughput is None or tput < e.best_throughput * (1 - sc.solver.mip_gap) - 1e-9 \
+                if e.best_throughput is None or tput < e.best_throughput * (1 - sc.solver.gap) - 1e-9 \
                         or tput > e.best_throughput * (1 + 1e-7):
                     print(f"ERROR {path.stem}: enumeration best {e.best_throughput} at g={e.best_g}, N={e.best_N} "
                           f"vs MILP {tput} at g={res.gpu_batch_size}, N={res.num_gpu_batches}", file=sys.stderr)

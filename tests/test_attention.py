@@ -304,7 +304,7 @@ def test_auto_optimum_equals_enumeration_over_g_n_and_attention(cpu_to_gpu, winn
         best[mode] = e.best_throughput
     assert max(best, key=best.get) == winner          # the two instances really differ
     res = optimize(_small_t4("auto", cpu_to_gpu), sensitivity=False, integer_percents=False)
-    gap = res.scenario.solver.mip_gap
+    gap = res.scenario.solver.gap
     assert res.attention == winner
     assert best[winner] * (1 - gap - 1e-7) <= res.throughput_tokens_per_s <= best[winner] * (1 + 1e-7)
 

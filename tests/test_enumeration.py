@@ -60,7 +60,7 @@ def test_milp_equals_exhaustive_enumeration(inst):
     assert g_best is not None, "instance must be feasible"
     sc = t4_with(s, n, *cap, alpha=a)
     res = optimize(sc)
-    gap = sc.solver.mip_gap
+    gap = sc.solver.gap
     # Never better than the true optimum, never worse than it by more than the MIP gap.
     assert res.throughput_tokens_per_s <= best * (1 + 1e-7)
     assert res.throughput_tokens_per_s >= best * (1 - gap - 1e-7)

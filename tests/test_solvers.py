@@ -43,7 +43,7 @@ def test_same_optimum_as_highs_on_shipped_scenarios(solver, path):
     assert res.status == "optimal"
     assert res.solve.solver == solver
     check_invariants(res)
-    gap = sc.solver.mip_gap
+    gap = sc.solver.gap
     assert res.throughput_tokens_per_s == pytest.approx(base.throughput_tokens_per_s, rel=gap + 1e-7)
 
 
