@@ -125,11 +125,11 @@ def _outcome(run, argv, debug: bool) -> int:
         code = run(argv)
         code = EXIT_OK if code is None else code
         sys.stdout.flush()
-    except KeyboardInterrupt:
-        say("interrupted")
+    except KeyboardInterrupt as exc:
+        say("interrupted" + (f": {exc}" if str(exc) else ""))
         code = EXIT_INTERRUPTED
-    except Terminated:
-        say("terminated")
+    except Terminated as exc:
+        say("terminated" + (f": {exc}" if str(exc) else ""))
         code = EXIT_TERMINATED
     except BrokenPipeError:
         # the reader closed stdout while we printed: the work was done (a runner that prints a

@@ -354,9 +354,10 @@ def _run(args, jobs: int) -> int:
                                      ship_files=args.scheduler is not None)
         found = store.rows(keys)
     except BaseException as exc:
-        if isinstance(exc, (KeyboardInterrupt, execute.Terminated)):   # the finished points are kept: say so
-            say(f"sweep {sweep.name}: stopped; {store.count()} points are in {out / DB_NAME}; "
-                "run the same command again to go on")
+        if isinstance(exc, (KeyboardInterrupt, execute.Terminated)):   # the finished points are kept: say so,
+            # on the front door's one line ("interrupted: ..." / "terminated: ...")
+            raise type(exc)(f"sweep {sweep.name} stopped; {store.count()} points are in {out / DB_NAME}; "
+                            "run the same command again to go on") from None
         raise
     finally:
         if progress is not None:
