@@ -13,9 +13,9 @@ per (device, phase) a memory delta, all in the :class:`~model.terms.Quantity` sh
 ``apply_attention(acc, "gpu")`` is ``acc + delta`` term by term, and a MILP can write
 ``base + a * delta`` with one binary ``a``.
 
-``auto`` (the default) is the better of the two: :func:`best_of_modes` evaluates or optimizes
-each mode and returns the faster result (for optimization this is exact: the optimum over
-``a in {0, 1}`` is the better of the two optima).
+``auto`` (the default) lets the MILP decide with one binary (:mod:`model.families.attention`);
+a fully fixed policy with ``auto`` is evaluated in each mode by :func:`best_of_modes`, which
+returns the faster result (what the optimizer would choose at that policy).
 """
 
 from __future__ import annotations
