@@ -31,7 +31,7 @@ POLICY_MODES = MODES + ("auto",)    # what a scenario may ask for
 MODE_NAMES = {"cpu": "CPU (--cpu-cache-compute)", "gpu": "GPU (off-GPU KV cache copied to the GPU each step)"}
 
 
-def _delta_for(table: dict, group: str):
+def delta_for(table: dict, group: str):
     """The delta entry of ``group``; a group split per layer (``name.7``) uses its parent's."""
     if group in table:
         return table[group]
@@ -42,7 +42,7 @@ def _delta_for(table: dict, group: str):
 def time_delta(acc: Accounting, group: str) -> dict[tuple[str, str], Quantity]:
     """What ``gpu`` adds to layer group ``group``'s time quantities, by (phase, component) (may be empty)."""
     delta = acc.gpu_attention_delta
-    return (_delta_for(delta.time, group) or {}) if delta is not None else {}
+    return (delta_for(delta.time, group) or {}) if delta is not None else {}
 
 
 def memory_delta(acc: Accounting, key: tuple, group: str) -> Quantity | None:
@@ -52,7 +52,7 @@ def memory_delta(acc: Accounting, key: tuple, group: str) -> Quantity | None:
     dm = delta.memory.get(key) if delta is not None else None
     if dm is None:
         return None
-    extra = _delta_for(dm.working, group)
+    extra = delta_for(dm.working, group)
     return dm.home if extra is None else dm.home.plus(extra)
 
 
@@ -73,7 +73,7 @@ def apply_attention(acc: Accounting, mode: str) -> Accounting:
         raise ValueError(f"the {acc.mode} accounting has no GPU-attention terms")
     groups = []
     for lg in acc.groups:
-        dt = _delta_for(delta.time, lg.name) or {}
+        dt = delta_for(delta.time, lg.name) or {}
         groups.append(LayerGroup(lg.name, lg.count,
                                  {key: (q.plus(dt[key]) if key in dt else q) for key, q in lg.time.items()}))
     memory = {}
@@ -84,7 +84,7 @@ def apply_attention(acc: Accounting, mode: str) -> Accounting:
             continue
         working = {}
         for name, q in mt.working.items():
-            extra = _delta_for(dm.working, name)
+            extra = delta_for(dm.working, name)
             working[name] = q.plus(extra) if extra is not None else q
         memory[key] = MemoryTerms(home=mt.home.plus(dm.home), working=working)
     return replace(acc, groups=tuple(groups), memory=memory, attention="gpu")

@@ -39,10 +39,9 @@ class ModelData:
 
     def setting(self, path: str):
         """A scenario value by its dotted path (a family's own key), or None without a scenario."""
-        node = self.scenario
-        for part in path.split("."):
-            node = getattr(node, part, None)
-        return node
+        from .scenario import field_value
+
+        return field_value(self.scenario, path)
 
     def fixed_at(self, g: int, N: int) -> "ModelData":
         """The data of the fixed-(g, N) model. With a fixed expert decision, the accounting is

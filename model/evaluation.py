@@ -24,7 +24,7 @@ import pyomo.environ as pyo
 from .build import ModelData, build_model
 from .families.cost import MIB_PER_GIB, US_PER_S
 from .families.timing import chain_values, formula
-from .limits import complete, describe, violated_rows, violations
+from .limits import complete, describe, limits, violated_rows, violations
 from .terms import DEVICES, MEMORY_KEYS, PHASES, SEQ_KINDS, Evaluation, GroupTimes
 
 
@@ -81,18 +81,12 @@ def at_point(data: ModelData, g: int, N: int, fractions, solver: str = "highs", 
 
         r = solvers.solve(m, solver, is_mip=False, **(opts or {"time_limit_s": 60.0, "mip_gap": 1e-4}))
         if not r.has_solution:
-            for lim in _limits_off(m):
+            for lim in limits(m):
                 lim.constraint.deactivate()
             solvers.solve(m, solver, is_mip=False, **(opts or {"time_limit_s": 60.0, "mip_gap": 1e-4}))
             set_fractions(m, fractions)
         complete(m)
     return m, check(m)
-
-
-def _limits_off(m):
-    from .limits import limits
-
-    return limits(m)
 
 
 def check(m) -> list[str]:

@@ -30,7 +30,7 @@ from .build import ModelData, build_model
 from .families import batching
 from .errors import Infeasible, SolverError
 from .experts import Decision, ExpertSetup, decision_pairs, expected_experts_moved, specialize
-from .scenario import DEVICE_NAMES, Scenario
+from .scenario import DEVICE_NAMES, Scenario, field_value
 from .evaluation import at_point, check, clean_point, evaluation, fractions_of
 from .limits import complete, limits
 from .sensitivity import Sensitivity, sensitivity as compute_sensitivity
@@ -500,12 +500,8 @@ def _has_integers(m) -> bool:
 def _try_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
     """The fixed-(g, N) LP and its result, or ``(None, result)`` when it has no optimal solution."""
     lp = build_model(_fixed_data(data, g, N))
-    res = solvers.solve(lp, sc.solver.name, is_mip=_has_integers(lp), **opts)
-    if not (res.has_solution and res.termination == "optimal"):
-        return None, res
-    clean_point(lp)
-    complete(lp)
-    return (None if check(lp) else lp), res
+    fits, res = _solve_and_check(lp, sc, opts)
+    return (lp if fits else None), res
 
 
 def _resolve_with_repair(data: ModelData, g: int, N: int, sc: Scenario, opts):
@@ -688,12 +684,18 @@ def capping_limits(data: ModelData, g: int, N: int, sc: Scenario, opts) -> list[
 
 
 def _fixed_fits(m, sc: Scenario, opts) -> bool:
-    r = solvers.solve(m, sc.solver.name, is_mip=_has_integers(m), **opts)
-    if not (r.has_solution and r.termination == "optimal"):
-        return False
+    return _solve_and_check(m, sc, opts)[0]
+
+
+def _solve_and_check(m, sc: Scenario, opts):
+    """Solve a fixed model; ``(fits, result)``: optimal, and its cleaned, completed point breaks no row
+    (the one fit tolerance)."""
+    res = solvers.solve(m, sc.solver.name, is_mip=_has_integers(m), **opts)
+    if not (res.has_solution and res.termination == "optimal"):
+        return False, res
     clean_point(m)
     complete(m)
-    return not check(m)
+    return not check(m), res
 
 
 def _field_range(path: str) -> tuple[float | None, float | None]:
@@ -752,7 +754,7 @@ def explain_infeasible(data: ModelData) -> list[str]:
         groups.setdefault(lim.field, lim)
     lines = []
     for fld, lim in groups.items():
-        have = _get_field(sc, fld)
+        have = field_value(sc, fld)
         lo_ok, hi_ok = _field_range(fld)
         if hi_ok is None or not _relaxed_fits(sc, {fld: hi_ok}):
             continue
@@ -771,10 +773,3 @@ def explain_infeasible(data: ModelData) -> list[str]:
                                                " (alone)"))
     return lines or ["no single limit is short: no policy satisfies the memory capacities"
                      + (" and the other limits" if len(groups) > 3 else "") + " together"]
-
-
-def _get_field(sc: Scenario, path: str):
-    node = sc
-    for part in path.split("."):
-        node = getattr(node, part)
-    return node

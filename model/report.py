@@ -102,14 +102,9 @@ def _experts_text(res: Result) -> list[str]:
 def family_settings(res: Result) -> dict[str, Any]:
     """The scenario keys that the constraint families declare (model.keys), with their values."""
     from .keys import family_keys
+    from .scenario import field_value
 
-    out = {}
-    for k in family_keys():
-        node = res.scenario
-        for part in k.path.split("."):
-            node = getattr(node, part, None)
-        out[k.path] = node
-    return out
+    return {k.path: field_value(res.scenario, k.path) for k in family_keys()}
 
 
 def _duration(seconds: float) -> str:

@@ -511,6 +511,14 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     return from_dict(raw)
 
 
+def field_value(scenario, path: str):
+    """The value of a dotted scenario field (``workload.max_block_time_s``), or None when absent."""
+    node = scenario
+    for part in path.split("."):
+        node = getattr(node, part, None)
+    return node
+
+
 def to_dict(scenario: Scenario) -> dict:
     """The scenario as a plain mapping (lists, not tuples) that :func:`from_dict` accepts."""
 

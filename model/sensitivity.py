@@ -30,6 +30,7 @@ import pyomo.environ as pyo
 
 from .build import ModelData, build_model
 from .limits import describe, limits
+from .scenario import field_value
 
 _EPS = 1e-6
 
@@ -56,16 +57,10 @@ def priced_fields(sc, m) -> dict[str, float]:
     if mbw is not None and sc.model.accounting == "exact":
         out.update({f"hardware.memory_bandwidth_gib_per_s.{k}": getattr(mbw, k) for k in ("gpu", "cpu")})
     for lim in limits(m):
-        value = _get(sc, lim.field)
+        value = field_value(sc, lim.field)
         if isinstance(value, (int, float)) and value:
             out.setdefault(lim.field, float(value))
     return out
-
-
-def _get(obj, path: str):
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-    return obj
 
 
 def _bumped(sc, path: str, value: float):

@@ -480,14 +480,7 @@ def test_external_dask_scheduler_and_two_workers(tmp_path):
                 assert math.isclose(float(x["throughput_tokens_per_s"]), float(y["throughput_tokens_per_s"]),
                                     rel_tol=1e-6)
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(procs)
     assert all(p.poll() is not None for p in procs)
 
 
@@ -577,14 +570,7 @@ def test_worker_of_another_version_is_refused(tmp_path):
         assert proc.returncode == 2, e
         assert e.count("\n") == 1 and e.startswith(f"error: --scheduler = '{addr}'") and "program version" in e
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _stop(procs)
 
 
 @pytest.mark.slow
@@ -612,3 +598,15 @@ def test_lost_worker_is_retried_and_a_point_that_crashes_twice_is_an_error(tmp_p
     assert rows[0]["status"] == "optimal" and rows[2]["status"] == "optimal"
     assert rows[1]["status"] == "error" and "crashed twice" in rows[1]["message"]
     assert not list(tmp_path.glob(".dask-scratch-*"))
+
+
+def _stop(procs) -> None:
+    """Terminate the scheduler and worker processes a test started (last first), killing any that linger."""
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

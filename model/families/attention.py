@@ -24,6 +24,7 @@ from __future__ import annotations
 import pyomo.environ as pyo
 from pyomo.contrib.fbbt.fbbt import compute_bounds_on_expr
 
+from ..attention import delta_for
 from .cost import MIB_PER_GIB, US_PER_S, contribute, per_sequence
 
 
@@ -32,13 +33,6 @@ def active(data) -> bool:
     acc = data.accounting
     return (data.setting("policy.attention") == "auto" and data.attention_mode is None
             and acc.attention == "cpu" and acc.gpu_attention_delta is not None)
-
-
-def _group_delta(table: dict, group: str):
-    if group in table:
-        return table[group]
-    parent = group.rsplit(".", 1)[0]
-    return table.get(parent) if parent != group else None
 
 
 def add(m, data) -> None:
@@ -50,14 +44,14 @@ def add(m, data) -> None:
                                 doc="a = 1: the off-GPU KV cache is copied to the GPU and attended there each decode step")
     terms = {}   # ledger key -> expression L (ledger units)
     for grp in m.LAYER_GROUPS:
-        for (ph, c), q in (_group_delta(delta.time, grp) or {}).items():
+        for (ph, c), q in (delta_for(delta.time, grp) or {}).items():
             terms[("time", grp, ph, c)] = US_PER_S * per_sequence(m, q)
     for (dev, ph), mt in delta.memory.items():
         key = ("disk",) if dev == "disk" else ("home", dev, ph)
         if mt.home.block or not mt.home.sequence.is_zero() or not mt.home.microbatch.is_zero() or mt.home.const:
             terms[key] = MIB_PER_GIB * per_sequence(m, mt.home)
         for grp in m.LAYER_GROUPS:
-            w = _group_delta(mt.working, grp)
+            w = delta_for(mt.working, grp)
             if w is not None:
                 terms[("working", dev, ph, grp)] = MIB_PER_GIB * per_sequence(m, w)
     keys = sorted(terms, key=str)
