@@ -136,6 +136,38 @@ def test_batching_linearization_is_exact_at_integer_points():
                 pyo.value(m.placement.fraction[k, d]) / N, abs=1e-12)
 
 
+@pytest.mark.parametrize("scenario", ["t4_reference.yaml", "a100_16g.yaml"])
+def test_batching_cuts_keep_every_integer_point(scenario):
+    """The valid inequalities (tangents, chord, kind shares of 1/N bit by bit) cut off no policy:
+    with (g, N) fixed through the one-hot and the bits, the MILP's optimum equals the exact LP at
+    that (g, N), which has no linearization at all. Memory is tight, so placements are split."""
+    from pathlib import Path
+
+    from model import load_scenario, override
+
+    path = Path(__file__).resolve().parents[1] / "scenarios" / scenario
+    sc = override(load_scenario(path), {"hardware.memory_gib.gpu": 12.0, "hardware.memory_gib.cpu": 64.0,
+                                        "search.max_gpu_batch_size": 4, "search.max_num_gpu_batches": 40})
+    data, _b = model_data(sc)
+    m = build_model(data)
+    bt = m.batching
+    split = 0
+    for g, N in itertools.product(range(1, 5), (1, 2, 3, 5, 8, 13, 21, 31, 32, 40)):
+        for c in bt.BATCH_SIZES:
+            bt.batch_size_is[c].fix(1 if c == g else 0)
+        for k in bt.N_BITS:
+            bt.num_gpu_batches_bit[k].fix((N >> k) & 1)
+        milp = fastlp.solve(m)
+        exact = fastlp.solve(build_model(data.fixed_at(g, N)))
+        assert (milp is None) == (exact is None), (g, N)
+        if exact is not None:
+            assert milp == pytest.approx(exact, rel=1e-9), (g, N)
+            used = [d for d in m.DEVICES if pyo.value(m.placement.weights_per_seq[d]) * g * N > 1e-6]
+            split += len(used) > 1 or any(1e-6 < pyo.value(m.placement.fraction[k, d]) < 1 - 1e-6
+                                          for k, d in m.placement.fraction)
+    assert split >= 5   # the instance exercises split placements, not only whole tensors on one device
+
+
 def test_efficiency_split_is_exact_at_integer_points():
     """eff(g) p = sum_c eff(c) r[c]: with g fixed, the split puts all of p on c = g."""
     data, _b = model_data(_sc(search={"max_gpu_batch_size": 8, "max_num_gpu_batches": 2}))
