@@ -285,14 +285,21 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
         g, N = _batch_sizes(m)
         data = _with_decision(data, m)
         lp, lp_res, g2, N2, notes, facts = _resolve_with_repair(data, g, N, sc, opts)
+        trust_bound = True
         if not notes and _optimistic(milp_res, lp_res, sc.solver.gap):
             # the MILP's (g, N) fits, but its objective was better than the exact LP there by more than the
             # gap (a solver's tolerances let it bend a row): certify the exact policy like a repaired one
             notes = [f"the solver's objective at g={g}, N={N} was optimistic (its tolerances); the exact LP there "
                      f"is {lp_res.objective / milp_res.objective - 1:.2e} worse"]
+        elif not notes and _bound_beaten(milp_res, lp_res, sc.solver.gap):
+            # the exact LP at the MILP's own (g, N) beats the solver's bound: its search was misled by its
+            # tolerances, so its claim of optimality is void; re-solve below this policy to certify it
+            notes = [f"the exact LP at g={g}, N={N} beat the solver's bound by "
+                     f"{1 - lp_res.objective / milp_res.bound:.2e} (its tolerances); re-solved below it"]
+            trust_bound = False
         if notes:
             lp, lp_res, g2, N2, data, more = _certify(m, data, sc, opts, milp_res, (lp, lp_res, g2, N2), (g, N),
-                                                      facts)
+                                                      facts, trust_bound=trust_bound)
             notes += more
             # certified within the requested gap: that is what "optimal" promises, whatever the solver's
             # own (optimistic) bound said
@@ -444,7 +451,8 @@ def _apply_facts(m, data: ModelData, facts) -> None:
             batching.cap_num_batches(m, fact[1], fact[2], data.N_hi)
 
 
-def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, facts, max_rounds: int = 50):
+def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, facts, max_rounds: int = 50,
+             trust_bound: bool = True):
     """Prove a repaired policy is within the gap, improving it if the solver finds better.
 
     The solver's objective is optimistic when its (g, N) was infeasible by tolerances;
@@ -454,12 +462,14 @@ def _certify(m, data: ModelData, sc: Scenario, opts, milp, best, first, facts, m
     cutoff ``t <= t_repaired * (1 - gap)`` and cuts that the exact re-checks proved
     (a g that fits with no N, and for each g tried the N above which nothing fits;
     feasibility is monotone in g and N): infeasible means certified; a new (g, N) is
-    repaired and kept if better. Returns the best (lp, result, g, N) and notes.
+    repaired and kept if better. Returns the best (lp, result, g, N) and notes. With
+    ``trust_bound`` False (an exact LP beat the solver's bound, so the bound is void) the
+    re-solve always runs.
     """
     gap = sc.solver.gap
     lp, lp_res, g, N = best
     lower = milp.bound if milp.bound is not None else milp.objective * (1 - gap)
-    if lp_res.objective * (1 - gap) <= lower * (1 + 1e-9):
+    if trust_bound and lp_res.objective * (1 - gap) <= lower * (1 + 1e-9):
         return lp, lp_res, g, N, data, [f"the repaired policy is within the gap of the solver's bound "
                                          f"({100 * (1 - lower / lp_res.objective):.4f}%)"]
     batching.exclude_batch_sizes(m, *first)
@@ -575,6 +585,11 @@ def _solve_fixed(data: ModelData, g: int, N: int, sc: Scenario, opts):
 def _optimistic(milp, lp, gap: float) -> bool:
     """Whether the exact LP at the MILP's (g, N) is worse than the MILP's objective beyond the gap."""
     return lp.objective > milp.objective * (1 + max(gap, 1e-6) + 1e-7)
+
+
+def _bound_beaten(milp, lp, gap: float) -> bool:
+    """Whether the exact LP at the MILP's (g, N) is better than the MILP's own bound beyond the gap."""
+    return milp.bound is not None and lp.objective < milp.bound * (1 - max(gap, 1e-6) - 1e-7)
 
 
 def _check_agreement(milp, lp, gap: float, g: int, N: int) -> None:
