@@ -155,6 +155,37 @@ def test_solver_bound_beaten_by_the_exact_lp_is_recertified(t4, monkeypatch):
     assert (res.gpu_batch_size, res.num_gpu_batches) == (30, 63)
 
 
+def test_solver_stopped_below_a_better_next_batch_count_is_recertified(t4, monkeypatch):
+    """A solver that pruned the subtree above its answer (HiGHS did at N = 2^k - 1) returns a policy
+    whose N + 1 is better in exact terms: the run notices with one exact LP, re-solves below the
+    better policy and reports the true optimum, t4_reference's 11.134803 tokens/s at g=30, N=63
+    (README), here after a first answer held at g = 30 and capped at N = 62."""
+    import pyomo.environ as pyo
+
+    real = solvers_mod.solve
+    calls = []
+
+    def capped_once(model, name, **kw):
+        if kw.get("is_mip") and not calls and hasattr(model, "batching") \
+                and hasattr(model.batching, "num_gpu_batches_bit"):
+            calls.append(1)
+            model.batching.fake_prune = pyo.Constraint(expr=model.batching.num_gpu_batches <= 62)
+            model.batching.fake_g = pyo.Constraint(expr=model.batching.gpu_batch_size == 30)
+            try:
+                return real(model, name, **kw)
+            finally:
+                model.batching.del_component("fake_prune")
+                model.batching.del_component("fake_g")
+        return real(model, name, **kw)
+
+    monkeypatch.setattr(solvers_mod, "solve", capped_once)
+    res = optimize(t4, sensitivity=False, integer_percents=False)
+    assert calls and res.status == "optimal"
+    assert any("N=63 beat the solver's N=62" in n for n in res.notes)
+    assert res.throughput_tokens_per_s == pytest.approx(11.134803, rel=1e-6)
+    assert (res.gpu_batch_size, res.num_gpu_batches) == (30, 63)
+
+
 def test_time_limit_without_incumbent_exits_1():
     out = subprocess.run([sys.executable, "-m", "runners.solve", "scenarios/t4_reference.yaml", "--time-limit",
                           "0.001"], cwd=ROOT, capture_output=True, text=True)
