@@ -157,7 +157,18 @@ def solve_task(sc: Scenario, outputs: tuple, version: str, files: dict | None = 
 
             root = Path(get_worker().local_directory)
         sc = materialize(sc, files, root)
-    return solve_point(sc, frozenset(outputs))
+    return solve_point(one_solver_thread(sc), frozenset(outputs))
+
+
+def one_solver_thread(sc: Scenario) -> Scenario:
+    """A Dask worker's scenario: one solver thread unless the study set ``solver.threads``.
+
+    The workers already run one point per core; a solver's own threads would only compete for
+    the same cores (bench_1000-like points, 2 workers on 2 cores: 14.4 -> 12.8 s for 100 points).
+    Results do not depend on it."""
+    if sc.solver.threads is not None:
+        return sc
+    return dataclasses.replace(sc, solver=dataclasses.replace(sc.solver, threads=1))
 
 
 OnResult = Callable[[int, dict], None]
