@@ -379,9 +379,14 @@ def get_solver(name: str) -> SolverSpec:
         known = ", ".join(sorted(SOLVERS))
         raise InputError("solver.name", name, f"unknown solver (known: {known})")
     spec = SOLVERS[key]
-    if not spec.available():
-        raise InputError("solver.name", name, f"solver is not installed ({spec.install})")
+    if _AVAILABLE.get(key) is not spec:
+        if not spec.available():
+            raise InputError("solver.name", name, f"solver is not installed ({spec.install})")
+        _AVAILABLE[key] = spec   # asked once per process: a study asks three times per point
     return spec
+
+
+_AVAILABLE: dict[str, SolverSpec] = {}
 
 
 # Solver options that set what solver.mip_gap, solver.time_limit_s and solver.threads already set
