@@ -17,6 +17,7 @@ from conftest import t4_with
 from model import optimize
 from model.accounting import build_accounting
 from model.bounds import search_bounds
+from model.families import batching
 
 
 def enumerate_all(s, n, cap, alpha):
@@ -52,11 +53,20 @@ INSTANCES = [
 ]
 
 
+_ENUMERATED: dict = {}
+
+
+@pytest.mark.parametrize("g_encoding", ["one-hot", "bits"])
 @pytest.mark.parametrize("inst", INSTANCES, ids=[f"s{i[0]}-n{i[1]}-{'/'.join(map(str, i[2]))}" for i in INSTANCES])
-def test_milp_equals_exhaustive_enumeration(inst):
+def test_milp_equals_exhaustive_enumeration(inst, g_encoding, monkeypatch):
+    """Both encodings of g (model.families.batching.ONE_HOT_MAX_VALUES picks one by the size of g's
+    range) must reach the enumerated optimum."""
+    monkeypatch.setattr(batching, "ONE_HOT_MAX_VALUES", 256 if g_encoding == "one-hot" else 1)
     s, n, cap, a = inst
     alpha = {"gpu": a, "cpu": a, "disk": a}
-    (best, g_best, N_best), max_g, max_b, solved = enumerate_all(s, n, cap, alpha)
+    if inst not in _ENUMERATED:
+        _ENUMERATED[inst] = enumerate_all(s, n, cap, alpha)
+    (best, g_best, N_best), max_g, max_b, solved = _ENUMERATED[inst]
     assert g_best is not None, "instance must be feasible"
     sc = t4_with(s, n, *cap, alpha=a)
     res = optimize(sc)
