@@ -24,9 +24,27 @@ from ..terms import SEQ_KINDS
 from .linearize import mccormick
 
 # Up to this many candidate GPU batch sizes, g is a one-hot choice (tight); above, bits: with more
-# values the one-hot's large LP and strong branching cost more than its tightness saves (docs/model.md
-# section 5.2.3: 80 reference scenarios 12.1 -> 9.4 s of HiGHS at 32 instead of 256).
+# values the one-hot's large LP and strong branching cost HiGHS more than its tightness saves
+# (docs/model.md section 5.2.3: 80 reference scenarios 12.1 -> 9.4 s of HiGHS at 32 instead of 256).
 ONE_HOT_MAX_VALUES = 32
+# The other solvers keep the one-hot up to 256 values: CBC, given bits for a100_16g's 38 values
+# together with the kind shares below, pruned its optimum and called 27.8518 tokens/s optimal
+# (the optimum: 27.8717).
+ONE_HOT_MAX_VALUES_OTHER_SOLVERS = 256
+
+
+def tuned_for_highs(data) -> bool:
+    """Whether ``data`` is solved by HiGHS (the default), for which the g encoding and the kind-share
+    cuts were measured. With CBC the kind shares made its bound wrong (mixtral-8x22b: 'optimal' with
+    a 1% gap; a100_16g with bits: a worse policy), so the other solvers get the formulation without
+    them, which they solved right before."""
+    name = data.setting("solver.name") if data.scenario is not None else None
+    return name is None or str(name).strip().lower() == "highs"
+
+
+def one_hot_limit(data) -> int:
+    """How many candidate values of g the one-hot encoding takes for ``data``'s solver."""
+    return ONE_HOT_MAX_VALUES if tuned_for_highs(data) else ONE_HOT_MAX_VALUES_OTHER_SOLVERS
 
 
 def add(m, data) -> None:
@@ -121,7 +139,7 @@ def _add_exact(m, blk, data) -> None:
         return sum(2**i * blk.bit_times_fraction_per_microbatch[i, k, d] for i in blk.N_BITS) == frac[k, d]
 
     # --- g * u = v -------------------------------------------------------------
-    if g_hi - g_lo + 1 <= ONE_HOT_MAX_VALUES:
+    if g_hi - g_lo + 1 <= one_hot_limit(data):
         _batch_size_one_hot(m, blk, data, u_hi, v_hi)
     else:
         _batch_size_bits(m, blk, data, u_hi)
@@ -158,6 +176,21 @@ def _add_exact(m, blk, data) -> None:
         """q[k, d] <= v  (since p <= 1)"""
         return blk.fraction_per_microbatch[k, d] <= blk.per_microbatch
 
+    if tuned_for_highs(data):
+        _kind_shares(m, blk, data, v_hi)
+
+    # --- eff(g) times fractions ---------------------------------------------------
+    if hasattr(blk, "batch_size_is"):
+        _efficiency_from_one_hot(m, blk, data)
+    else:
+        _add_efficiency(m, blk, data)
+
+
+def _kind_shares(m, blk, data, v_hi) -> None:
+    """Valid equalities that tie the per-micro-batch shares q to v (HiGHS only: :func:`tuned_for_highs`)."""
+    acc = data.accounting
+    frac = m.placement.fraction
+
     @blk.Constraint(blk.MICRO_FRACTIONS, doc="q = p v >= v - v_max (1 - p)  (McCormick, p <= 1)")
     def fraction_per_microbatch_at_least(blk, k, d):
         """q[k, d] >= v - v_max (1 - p[k, d])"""
@@ -188,12 +221,6 @@ def _add_exact(m, blk, data) -> None:
         """sum_d (z_i q[k, d]) = z_i v"""
         return _kind_sum(sum(blk.bit_times_fraction_per_microbatch[i, k, d] for d in devices_of[k]),
                          blk.bit_times_per_microbatch[i], k)
-
-    # --- eff(g) times fractions ---------------------------------------------------
-    if hasattr(blk, "batch_size_is"):
-        _efficiency_from_one_hot(m, blk, data)
-    else:
-        _add_efficiency(m, blk, data)
 
 
 def _batch_size_one_hot(m, blk, data, u_hi, v_hi) -> None:
