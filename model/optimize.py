@@ -294,19 +294,20 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
         data = _with_decision(data, m)
         lp, lp_res, g2, N2, notes, facts = _resolve_with_repair(data, g, N, sc, opts)
         trust_bound = True
-        if not notes and _optimistic(milp_res, lp_res, sc.solver.gap):
+        if notes:
+            pass   # repaired: certified below
+        elif _optimistic(milp_res, lp_res, sc.solver.gap):
             # the MILP's (g, N) fits, but its objective was better than the exact LP there by more than the
             # gap (a solver's tolerances let it bend a row): certify the exact policy like a repaired one
             notes = [f"the solver's objective at g={g}, N={N} was optimistic (its tolerances); the exact LP there "
                      f"is {lp_res.objective / milp_res.objective - 1:.2e} worse"]
-        elif not notes and _bound_beaten(milp_res, lp_res, sc.solver.gap):
+        elif _bound_beaten(milp_res, lp_res, sc.solver.gap):
             # the exact LP at the MILP's own (g, N) beats the solver's bound: its search was misled by its
             # tolerances, so its claim of optimality is void; re-solve below this policy to certify it
             notes = [f"the exact LP at g={g}, N={N} beat the solver's bound by "
                      f"{1 - lp_res.objective / milp_res.bound:.2e} (its tolerances); re-solved below it"]
             trust_bound = False
-        elif not notes and milp_res.termination == "optimal" and \
-                (better := _better_next(data, g, N, lp_res, sc, opts)) is not None:
+        elif milp_res.termination == "optimal" and (better := _better_next(data, g, N, lp_res, sc, opts)):
             # one more GPU batch is better in exact terms: the solver stopped at an edge that its search
             # only believed in (seen at N = 2^k - 1: its tolerances pruned the subtree of the next bit)
             notes = [f"the exact LP at g={g}, N={N + 1} beat the solver's N={N} by "
@@ -447,17 +448,23 @@ def _solve_hinted(m, data: ModelData, sc: Scenario, opts, hint: tuple[int, int] 
 def _hint_bound(data: ModelData, sc: Scenario, hint: tuple[int, int] | None) -> float | None:
     """The MILP objective bound a hint gives (HiGHS only), or None: no hint, another solver, an
     objective bound the user set, expert decisions, or a hint outside the bounds or that does not fit."""
-    if hint is None or sc.solver.name != "highs" or "objective_bound" in sc.solver.options:
+    if hint is None or sc.solver.key != "highs" or "objective_bound" in sc.solver.options:
         return None
     if data.experts is not None and data.experts.has_decisions:
         return None
-    g, N = (int(x) for x in hint)
+    value = _exact_value(data, *(int(x) for x in hint))
+    return None if value is None else value * (1 + HINT_BOUND_SLACK)
+
+
+def _exact_value(data: ModelData, g: int, N: int) -> float | None:
+    """The exact LP's time per sequence at ``(g, N)`` through HiGHS straight (no solver interface), or
+    None when ``(g, N)`` lies outside the search bounds or nothing fits there: a cheap first look before
+    the configured solver is asked."""
     if not (data.g_lo <= g <= data.g_hi and data.N_lo <= N <= data.N_hi and g * N <= data.b_hi):
         return None
     from . import fastlp
 
-    value = fastlp.solve(build_model(_fixed_data(data, g, N)))
-    return None if value is None else value * (1 + HINT_BOUND_SLACK)
+    return fastlp.solve(build_model(_fixed_data(data, g, N)))
 
 
 def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: float, opts, *extras):
@@ -656,11 +663,7 @@ def _better_next(data: ModelData, g: int, N: int, lp_res, sc: Scenario, opts):
     stops: it pruned the whole subtree of bit ``k`` (HiGHS did, on about 1 in 200 models, answers
     up to 1.4e-3 worse). One exact LP checks it; a better neighbour voids the solver's claim.
     """
-    if N + 1 > data.N_hi or g * (N + 1) > data.b_hi:
-        return None
-    from . import fastlp
-
-    value = fastlp.solve(build_model(_fixed_data(data, g, N + 1)))   # HiGHS straight: the usual case is "no"
+    value = _exact_value(data, g, N + 1)   # the usual answer is "no": asked of HiGHS straight first
     if value is None or not value < lp_res.objective * (1 - 1e-9):
         return None
     lp, res = _try_fixed(data, g, N + 1, sc, opts)

@@ -218,9 +218,14 @@ class SolverOptions:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def key(self) -> str:
+        """The solver's name as the adapters know it (``model.solvers.SOLVERS``): no case, no spaces."""
+        return self.name.strip().lower()
+
+    @property
     def gap(self) -> float:
         """``mip_gap``, or by default the solver's own (:data:`DEFAULT_MIP_GAP`)."""
-        return self.mip_gap if self.mip_gap is not None else DEFAULT_MIP_GAP.get(self.name.strip().lower(), 1e-4)
+        return self.mip_gap if self.mip_gap is not None else DEFAULT_MIP_GAP.get(self.key, 1e-4)
 
 
 # The relative MIP gap when solver.mip_gap is not given. HiGHS: 1e-6, so that the answer is

@@ -43,6 +43,7 @@ def test_hint_bound_is_the_exact_lp_at_the_hint(t4):
     assert optimize_mod._hint_bound(data, t4, None) is None
     assert optimize_mod._hint_bound(data, t4, (10_000, 1)) is None                 # g above its bound
     assert optimize_mod._hint_bound(data, override(t4, {"solver.name": "cbc"}), (30, 62)) is None
+    assert optimize_mod._hint_bound(data, override(t4, {"solver.name": " HiGHS"}), (30, 62)) == bound
 
 
 def test_a_bound_below_the_optimum_is_thrown_away(t4, monkeypatch):

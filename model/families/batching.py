@@ -38,8 +38,7 @@ def tuned_for_highs(data) -> bool:
     cuts were measured. With CBC the kind shares made its bound wrong (mixtral-8x22b: 'optimal' with
     a 1% gap; a100_16g with bits: a worse policy), so the other solvers get the formulation without
     them, which they solved right before."""
-    name = data.setting("solver.name") if data.scenario is not None else None
-    return name is None or str(name).strip().lower() == "highs"
+    return data.scenario is None or data.scenario.solver.key == "highs"
 
 
 def one_hot_limit(data) -> int:
