@@ -277,7 +277,7 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
                 expr=m.objective.time_per_seq_s <= seed[4].objective * (1 - sc.solver.gap),
                 doc="cutoff: strictly better than the seed policy by more than the gap")
             opts = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s - (time.perf_counter() - t_start))}
-        milp_res = _solve_hinted(m, data, sc, opts, hint if seed is None else None)
+        milp_res, milp = _solve_hinted(m, data, sc, opts, hint if seed is None else None)
         if seed is not None and not milp_res.has_solution and milp_res.termination in ("infeasible", "time_limit"):
             return _seed_result(sc, bounds, seed, milp_res, build_s, t_start, opts, sensitivity, integer_percents)
         if not milp_res.has_solution:
@@ -307,7 +307,7 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
             notes = [f"the exact LP at g={g}, N={N} beat the solver's bound by "
                      f"{1 - lp_res.objective / milp_res.bound:.2e} (its tolerances); re-solved below it"]
             trust_bound = False
-        elif milp_res.termination == "optimal" and (better := _better_next(data, g, N, lp_res, sc, opts)):
+        elif milp_res.termination == "optimal" and (better := _better_next(data, g, N, lp_res, sc, opts, milp)):
             # one more GPU batch is better in exact terms: the solver stopped at an edge that its search
             # only believed in (seen at N = 2^k - 1: its tolerances pruned the subtree of the next bit)
             notes = [f"the exact LP at g={g}, N={N + 1} beat the solver's N={N} by "
@@ -431,39 +431,54 @@ HINTED_HIGHS_OPTIONS = {"mip_heuristic_run_feasibility_jump": False, "mip_heuris
 
 
 def _solve_hinted(m, data: ModelData, sc: Scenario, opts, hint: tuple[int, int] | None):
-    """Solve the MILP ``m``; with a usable hint, under HiGHS's ``objective_bound`` (the exact LP at the
+    """Solve the MILP ``m``; with a usable hint, under HiGHS's ``objective_bound`` (the exact value at the
     hint, plus :data:`HINT_BOUND_SLACK`). HiGHS treats that bound as proven: given one below the optimum
     it returns a worse policy and calls it optimal, so an answer above the bound, or none, is thrown
-    away and the MILP solved again without it."""
-    bound = _hint_bound(data, sc, hint)
+    away and the MILP solved again without it. Returns the result and, with HiGHS and no expert
+    decisions, ``(m, compiled m)`` for exact look-ups at other (g, N) (:func:`_exact_value`), else None."""
+    milp = None
+    if sc.solver.key == "highs" and not (data.experts is not None and data.experts.has_decisions):
+        from . import fastlp
+
+        milp = (m, fastlp.compile(m))
+    run = dict(is_mip=True, compiled=None if milp is None else milp[1])
+    bound = _hint_bound(data, sc, hint, milp)
     if bound is None:
-        return solvers.solve(m, sc.solver.name, is_mip=True, **opts)
+        return solvers.solve(m, sc.solver.name, **run, **opts), milp
     hinted = {**opts, "options": {**HINTED_HIGHS_OPTIONS, **opts["options"], "objective_bound": bound}}
-    res = solvers.solve(m, sc.solver.name, is_mip=True, **hinted)
+    res = solvers.solve(m, sc.solver.name, **run, **hinted)
     if res.has_solution and res.objective is not None and res.objective <= bound and res.termination == "optimal":
-        return res
-    return solvers.solve(m, sc.solver.name, is_mip=True, **opts)
+        return res, milp
+    return solvers.solve(m, sc.solver.name, **run, **opts), milp
 
 
-def _hint_bound(data: ModelData, sc: Scenario, hint: tuple[int, int] | None) -> float | None:
+def _hint_bound(data: ModelData, sc: Scenario, hint: tuple[int, int] | None, milp=None) -> float | None:
     """The MILP objective bound a hint gives (HiGHS only), or None: no hint, another solver, an
     objective bound the user set, expert decisions, or a hint outside the bounds or that does not fit."""
     if hint is None or sc.solver.key != "highs" or "objective_bound" in sc.solver.options:
         return None
     if data.experts is not None and data.experts.has_decisions:
         return None
-    value = _exact_value(data, *(int(x) for x in hint))
+    value = _exact_value(data, *(int(x) for x in hint), milp=milp)
     return None if value is None else value * (1 + HINT_BOUND_SLACK)
 
 
-def _exact_value(data: ModelData, g: int, N: int) -> float | None:
-    """The exact LP's time per sequence at ``(g, N)`` through HiGHS straight (no solver interface), or
-    None when ``(g, N)`` lies outside the search bounds or nothing fits there: a cheap first look before
-    the configured solver is asked."""
+def _exact_value(data: ModelData, g: int, N: int, milp=None) -> float | None:
+    """The exact optimum's time per sequence at ``(g, N)`` through HiGHS straight (no solver interface),
+    or None when ``(g, N)`` lies outside the search bounds or nothing fits there: a cheap first look
+    before the configured solver is asked.
+
+    ``milp``: ``(m, compiled m)``, the MILP without expert decisions, compiled for HiGHS. Its optimum
+    with the batching family's integer variables fixed at ``(g, N)`` is the exact LP's there (the
+    formulation is exact at integer points: tests/test_families.py), so no model is built; else
+    the fixed-(g, N) model is built and solved."""
     if not (data.g_lo <= g <= data.g_hi and data.N_lo <= N <= data.N_hi and g * N <= data.b_hi):
         return None
     from . import fastlp
 
+    if milp is not None:
+        m, compiled = milp
+        return fastlp.value_at(compiled, batching.integer_point(m, g, N))
     return fastlp.solve(build_model(_fixed_data(data, g, N)))
 
 
@@ -654,7 +669,7 @@ def _bound_beaten(milp, lp, gap: float) -> bool:
     return milp.bound is not None and lp.objective < milp.bound * (1 - max(gap, 1e-6) - 1e-7)
 
 
-def _better_next(data: ModelData, g: int, N: int, lp_res, sc: Scenario, opts):
+def _better_next(data: ModelData, g: int, N: int, lp_res, sc: Scenario, opts, milp=None):
     """The exact policy at ``(g, N + 1)`` as ``(lp, result, g, N + 1)`` when it fits and is better than
     ``lp_res`` (the MILP's answer), else None.
 
@@ -663,7 +678,7 @@ def _better_next(data: ModelData, g: int, N: int, lp_res, sc: Scenario, opts):
     stops: it pruned the whole subtree of bit ``k`` (HiGHS did, on about 1 in 200 models, answers
     up to 1.4e-3 worse). One exact LP checks it; a better neighbour voids the solver's claim.
     """
-    value = _exact_value(data, g, N + 1)   # the usual answer is "no": asked of HiGHS straight first
+    value = _exact_value(data, g, N + 1, milp)   # the usual answer is "no": asked of HiGHS straight first
     if value is None or not value < lp_res.objective * (1 - 1e-9):
         return None
     lp, res = _try_fixed(data, g, N + 1, sc, opts)

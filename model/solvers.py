@@ -146,17 +146,6 @@ def _interruptible(call: Callable[[], Any], cancel: Callable[[], None]) -> Any:
     return box["value"]
 
 
-def _cancel_highs(solver) -> Callable[[], None]:
-    """Stop Pyomo's in-process HiGHS: ``highspy.Highs.cancelSolve`` makes the interrupt callbacks
-    (``cbSimplexInterrupt``, ``cbIpmInterrupt``, ``cbMipInterrupt``, which Pyomo registers through
-    ``HandleKeyboardInterrupt``) stop the solve. Pyomo keeps the object as ``_solver_model``."""
-    def cancel() -> None:
-        h = getattr(solver, "_solver_model", None)
-        if h is not None and hasattr(h, "cancelSolve"):
-            h.cancelSolve()   # only sets a flag: safe while the solver runs in another thread
-    return cancel
-
-
 def _run_contrib(pyomo_name: str, label: str, tight: dict[str, Any]):
     def run(model, *, time_limit_s: float, mip_gap: float, threads: int | None,
             options: dict[str, Any], is_mip: bool) -> SolveResult:
@@ -171,7 +160,7 @@ def _run_contrib(pyomo_name: str, label: str, tight: dict[str, Any]):
             return solver.solve(model, time_limit=time_limit_s, rel_gap=mip_gap, threads=threads,
                                 solver_options=opts, load_solutions=False,
                                 raise_exception_on_nonoptimal_result=False)
-        res = _interruptible(call, _cancel_highs(solver)) if label == "highs" else call()
+        res = call()
         wall = time.perf_counter() - t0
         tc = res.termination_condition
         has = res.solution_status in (SolutionStatus.feasible, SolutionStatus.optimal)
@@ -198,6 +187,84 @@ def _run_contrib(pyomo_name: str, label: str, tight: dict[str, Any]):
                            objective=obj, bound=bound, gap=_gap(obj, bound), wall_s=wall,
                            message=str(tc.name))
     return run
+
+
+_HIGHS_STATUS = {
+    "kOptimal": "optimal", "kTimeLimit": "time_limit", "kInfeasible": "infeasible",
+    "kUnboundedOrInfeasible": "infeasible", "kUnbounded": "unbounded", "kIterationLimit": "iteration_limit",
+    "kSolutionLimit": "iteration_limit", "kInterrupt": "interrupted",
+}
+_HIGHS_LOCAL = threading.local()
+
+
+def _highs_object():
+    """This thread's ``highspy.Highs`` (one per thread, reused: its construction prints a banner)."""
+    h = getattr(_HIGHS_LOCAL, "highs", None)
+    if h is None:
+        h = _HIGHS_LOCAL.highs = quiet_highs()
+    return h
+
+
+def _highs_available() -> bool:
+    try:
+        import highspy  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+    return True
+
+
+def _run_highs(model, *, time_limit_s: float, mip_gap: float, threads: int | None,
+               options: dict[str, Any], is_mip: bool, compiled=None) -> SolveResult:
+    """HiGHS through ``highspy`` straight: the model compiled by :func:`model.fastlp.compile` (the rows,
+    columns and their order that Pyomo's ``contrib.solver`` interface would give HiGHS), the options
+    set on a reused ``Highs`` object. On the main thread the solve runs in a worker thread and a
+    signal cancels it (``cancelSolve``); elsewhere (a study's worker) it runs directly, without the
+    interrupt callbacks."""
+    import highspy
+
+    from . import fastlp
+
+    t0 = time.perf_counter()   # the wall time counts the translation, as through the Pyomo interfaces
+    if compiled is None:
+        compiled = fastlp.compile(model)
+    h = _highs_object()
+    h.clearModel()
+    h.resetOptions()
+    h.setOptionValue("output_flag", False)
+    for key, value in {**_HIGHS_TIGHT, "time_limit": float(time_limit_s), "mip_rel_gap": float(mip_gap),
+                       **({"threads": int(threads)} if threads is not None else {}), **options}.items():
+        if h.setOptionValue(key, value) != highspy.HighsStatus.kOk:
+            raise InputError(f"solver.options.{key}", value, "HiGHS refused this option")
+    h.passModel(compiled.lp)
+    on_main = threading.current_thread() is threading.main_thread()
+    h.HandleUserInterrupt = on_main
+
+    def cancel() -> None:
+        h.cancelSolve()                 # a flag that only a threaded start resets: this object is spent
+        _HIGHS_LOCAL.highs = None
+
+    try:
+        _interruptible(h.run, cancel) if on_main else h.run()
+    finally:
+        h.HandleUserInterrupt = False
+    wall = time.perf_counter() - t0
+    status = h.getModelStatus()
+    term = _HIGHS_STATUS.get(status.name, "error")
+    info = h.getInfo()
+    has = info.primal_solution_status == 2   # 2: feasible
+    obj = bound = None
+    if has:
+        compiled.load(h.getSolution().col_value)
+        obj = float(info.objective_function_value)
+    if compiled.is_mip and info.mip_node_count != -1:
+        bound = float(info.mip_dual_bound)
+    elif has and term == "optimal":
+        bound = obj
+    if bound is not None and not math.isfinite(bound):
+        bound = None
+    version = f"{h.versionMajor()}.{h.versionMinor()}.{h.versionPatch()}"
+    return SolveResult(solver="highs", version=version, termination=term, has_solution=has,
+                       objective=obj, bound=bound, gap=_gap(obj, bound), wall_s=wall, message=status.name)
 
 
 # --------------------------------------------------------------------------- legacy (pyomo.opt) solvers
@@ -331,7 +398,7 @@ def _check_highs_options(options: dict) -> None:
 
 SOLVERS: dict[str, SolverSpec] = {
     "highs": SolverSpec("highs", "pip install highspy",
-                        _run_contrib("highs", "highs", _HIGHS_TIGHT), _contrib_available("highs"),
+                        _run_highs, _highs_available,
                         _check_highs_options),
     "cbc": SolverSpec("cbc", "apt-get install coinor-cbc (Debian/Ubuntu) or conda install -c conda-forge coin-or-cbc",
                       _run_legacy("cbc", "cbc", {"time_limit": "sec", "mip_gap": "ratio", "threads": "threads"},
@@ -429,13 +496,18 @@ def check_options(name: str, options: dict) -> None:
 
 
 def solve(model: pyo.ConcreteModel, name: str, *, time_limit_s: float, mip_gap: float,
-          threads: int | None = None, options: dict[str, Any] | None = None, is_mip: bool = True) -> SolveResult:
-    """Solve ``model`` with solver ``name``; the incumbent, if any, is loaded into the model."""
+          threads: int | None = None, options: dict[str, Any] | None = None, is_mip: bool = True,
+          compiled=None) -> SolveResult:
+    """Solve ``model`` with solver ``name``; the incumbent, if any, is loaded into the model.
+
+    ``compiled``: ``model`` as :func:`model.fastlp.compile` gave it, reused by HiGHS (ignored by the
+    others); the caller vouches that the model has not changed since."""
     spec = get_solver(name)
     check_duplicate_options(spec.name, dict(options or {}))
     try:
+        extra = {"compiled": compiled} if compiled is not None and spec.name == "highs" else {}
         res = spec.run(model, time_limit_s=time_limit_s, mip_gap=mip_gap, threads=threads,
-                       options=dict(options or {}), is_mip=is_mip)
+                       options=dict(options or {}), is_mip=is_mip, **extra)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - report any solver crash as one line

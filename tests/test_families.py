@@ -168,6 +168,40 @@ def test_batching_cuts_keep_every_integer_point(scenario):
     assert split >= 5   # the instance exercises split placements, not only whole tensors on one device
 
 
+@pytest.mark.parametrize("g_encoding", ["one-hot", "bits"])
+@pytest.mark.parametrize("scenario", ["t4_reference.yaml", "a100_16g.yaml"])
+def test_exact_look_up_in_the_compiled_milp_is_the_fixed_lp(scenario, g_encoding, monkeypatch):
+    """optimize's exact look-ups (the hint's bound, the N + 1 check) fix the batching family's integer
+    variables (batching.integer_point) in the compiled MILP instead of building the fixed model: at
+    every (g, N) tried, fitting or not, that value equals the exact LP of the fixed model, for both
+    encodings of g and with g on both sides of the efficiency's flat bucket."""
+    from pathlib import Path
+
+    from model import load_scenario, override
+    from model.families import batching
+
+    monkeypatch.setattr(batching, "ONE_HOT_MAX_VALUES", 256 if g_encoding == "one-hot" else 1)
+    path = Path(__file__).resolve().parents[1] / "scenarios" / scenario
+    sc = override(load_scenario(path), {"hardware.memory_gib.gpu": 24.0, "hardware.memory_gib.cpu": 64.0,
+                                        "search.max_num_gpu_batches": 300})
+    data, _b = model_data(sc)
+    m = build_model(data)
+    assert hasattr(m.batching, "batch_size_is") == (g_encoding == "one-hot")
+    # eff(g) of the CPU attention is flat from g = 64 (FlexLLMGen's rate factor), below g_hi
+    assert data.accounting.flat_from(data.g_lo, data.g_hi) < data.g_hi
+    compiled = fastlp.compile(m)
+    fits = 0
+    points = list(itertools.product(sorted({1, 2, 3, 7, 16, 63, 64, 65, data.g_hi}), (1, 2, 5, 31, 32, 77, 300)))
+    for g, N in points:
+        look_up = fastlp.value_at(compiled, batching.integer_point(m, g, N))
+        exact = fastlp.solve(build_model(data.fixed_at(g, N)))
+        assert (look_up is None) == (exact is None), (g, N)
+        if exact is not None:
+            fits += 1
+            assert look_up == pytest.approx(exact, rel=1e-9), (g, N)
+    assert 5 <= fits < len(points)   # both kinds of points were tried
+
+
 def test_efficiency_split_is_exact_at_integer_points():
     """eff(g) p = sum_c eff(c) r[c]: with g fixed, the split puts all of p on c = g."""
     data, _b = model_data(_sc(search={"max_gpu_batch_size": 8, "max_num_gpu_batches": 2}))

@@ -49,7 +49,7 @@ def test_hint_bound_is_the_exact_lp_at_the_hint(t4):
 def test_a_bound_below_the_optimum_is_thrown_away(t4, monkeypatch):
     """HiGHS given an objective bound below the optimum returns a worse policy as 'optimal'; the run
     must notice (answer above the bound) and solve again without it."""
-    monkeypatch.setattr(optimize_mod, "_hint_bound", lambda data, sc, hint: 2.0)   # optimum: 2.874 s/seq
+    monkeypatch.setattr(optimize_mod, "_hint_bound", lambda data, sc, hint, milp=None: 2.0)   # optimum: 2.874 s/seq
     res = optimize(t4, sensitivity=False, integer_percents=False, hint=(30, 63))
     assert res.status == "optimal"
     assert res.throughput_tokens_per_s == pytest.approx(11.134803, rel=1e-6)

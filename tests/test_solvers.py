@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import highspy
 import pytest
@@ -177,6 +178,7 @@ def test_solver_stopped_below_a_better_next_batch_count_is_recertified(t4, monke
             calls.append(1)
             model.batching.fake_prune = pyo.Constraint(expr=model.batching.num_gpu_batches <= 62)
             model.batching.fake_g = pyo.Constraint(expr=model.batching.gpu_batch_size == 30)
+            kw.pop("compiled", None)   # the model changed: HiGHS must not reuse its compiled rows
             try:
                 return real(model, name, **kw)
             finally:
@@ -223,3 +225,37 @@ def test_json_reports_solver_fields():
     assert s["name"] == "highs" and s["version"].count(".") >= 1
     assert s["termination"] == "optimal" and 0 <= s["gap"] <= 1e-4
     assert s["bound_s_per_sequence"] <= s["objective_s_per_sequence"] and s["seconds"] > 0
+
+
+def test_a_highs_solve_cut_short_by_a_signal_leaves_the_next_solve_whole(t4):
+    """Ctrl-C during an in-process HiGHS solve cancels it (KeyboardInterrupt reaches the caller); the
+    thread's reused HiGHS object keeps its cancel flag, so it must not serve the next solve, which
+    has to run to its optimum (t4_reference: 11.134803 tokens/s, README)."""
+    import signal
+
+    from model import override
+    from model.optimize import build_for
+
+    hard = build_for(override(t4, {"experts.pin_experts": True, "experts.cpu_experts": True,
+                                   "experts.expert_traffic": "expected",
+                                   "experts.routing_trace": str(ROOT / "scenarios/traces/mixtral_skewed.jsonl")}))
+
+    def ring(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, 1.0)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            solvers_mod.solve(hard, "highs", time_limit_s=120, mip_gap=1e-6)
+        assert time.monotonic() - t0 < 30   # cancelled, not run to its limit (a hang bound)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    try:
+        res = optimize(t4, sensitivity=False, integer_percents=False)
+    except KeyboardInterrupt:
+        pytest.fail("the next solve was cancelled too")
+    assert res.status == "optimal"
+    assert res.throughput_tokens_per_s == pytest.approx(11.134803, rel=1e-6)

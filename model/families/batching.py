@@ -410,6 +410,24 @@ def cap_num_batches(m, g: int, n_max: int, n_hi: int) -> None:
     _cuts(blk).add(blk.num_gpu_batches <= n_max + (n_hi - n_max) * _differs_from(blk, g))
 
 
+def integer_point(m, g: int, N: int) -> list[tuple[object, int]]:
+    """``(variable, value)`` for this family's integer variables at ``g`` and ``N``: the bits of N,
+    the one-hot or the bits of g, and the efficiency choice (its last choice stands for every g
+    from ``flat_from`` up). With them fixed the MILP's optimum is the exact LP's at ``(g, N)``
+    (tests/test_families.py); any other family's integer variables stay free."""
+    blk = m.batching
+    point = [(blk.num_gpu_batches_bit[k], (N >> k) & 1) for k in blk.N_BITS]
+    if hasattr(blk, "batch_size_is"):
+        point += [(blk.batch_size_is[c], int(c == g)) for c in blk.BATCH_SIZES]
+    else:
+        point += [(blk.gpu_batch_size_bit[j], (g >> j) & 1) for j in blk.G_BITS]
+    if hasattr(blk, "efficiency_choice"):
+        choices = list(blk.EFFICIENCY_CHOICES)
+        chosen = min(g, choices[-1])
+        point += [(blk.efficiency_choice[c], int(c == chosen)) for c in choices]
+    return point
+
+
 def value_at_batch_size(m, f):
     """The expression of ``f(g)`` for a function of the GPU batch size alone.
 
