@@ -12,7 +12,9 @@ Speed is reported, never asserted: machines here are shared and noisy.
 ``--experts`` instead solves the expert-aware variants of the README table
 (reference assumptions, expected traffic, a skewed routing trace, pinning, CPU
 experts, everything) for each scenario at generation lengths 32 and 256, and
-prints throughput, the policy chosen and the solve time of each.
+prints throughput, the policy chosen and the solve time of each; the default run (no
+scenarios, no ``--set``) adds the memory-bound T4 host of the README's second table, and a
+last line counts the rows that ended optimal, with the median and slowest whole row.
 
 ``--reference161`` instead times the core MILP over the original script's 161 scenarios and
 ``t4_reference`` (``runners/bench_speed.py``; ``--variant`` compares settings in the same run).
@@ -54,21 +56,36 @@ EXPERT_VARIANTS = [
 ]
 
 
-def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None) -> int:
-    """Throughput and policy of each expert-aware variant (README table)."""
-    bases = [load_scenario(path) for path in paths]   # bad input before any output
+# The memory-bound T4 host of the README's second expert table: 100 GiB of CPU memory, no disk,
+# prompts of 4,096 tokens, generation 256. Only 11 sequences' KV cache fits there, so the expert
+# features matter most (CPU experts: 2.7x); the default ``--experts`` run includes it.
+MEMORY_BOUND_HOST = ("t4_host100_4k", {"hardware.memory_gib.cpu": 100, "hardware.memory_gib.disk": 0,
+                                       "workload.prompt_len": 4096}, (256,))
+
+
+DEFAULT_GEN_LENS = "32,256"
+
+
+def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None, extra_cases=()) -> int:
+    """Throughput and policy of each expert-aware variant (README table), then the number of rows
+    that ended optimal and the median and slowest whole row (issue 13's measures).
+
+    ``extra_cases``: ``(label, scenario path, overrides, generation lengths)`` run after ``paths``."""
+    cases = [(path.stem, path, dict(sets or {}), gen_lens) for path in paths] + list(extra_cases)
+    bases = [load_scenario(path) for _label, path, _sets, _lens in cases]   # bad input before any output
     print(f"{'scenario':<14} {'n':>4} {'variant':<31} {'tokens/s':>9} {'vs ref':>7} {'g':>4} {'N':>5} "
           f"{'pinned':>6} {'CPU':>4} {'moved/layer':>11} {'status':<10} {'solve s':>8} {'total s':>8}")
-    for path, base in zip(paths, bases):
-        for n in gen_lens:
+    rows = []
+    for (label_, _path, case_sets, lens), base in zip(cases, bases):
+        for n in lens:
             ref = None
             if only and EXPERT_VARIANTS[0][0] not in only:   # the ratios are against the reference assumptions
-                ref = optimize(override(base, {**(sets or {}), "workload.gen_len": n,
+                ref = optimize(override(base, {**case_sets, "workload.gen_len": n,
                                                "solver.time_limit_s": time_limit})).throughput_tokens_per_s
             for label, experts in EXPERT_VARIANTS:
                 if only and label not in only:
                     continue
-                sc = override(base, {**(sets or {}), "workload.gen_len": n, "solver.time_limit_s": time_limit,
+                sc = override(base, {**case_sets, "workload.gen_len": n, "solver.time_limit_s": time_limit,
                                      **{f"experts.{k}": v for k, v in experts.items()}})
                 res = optimize(sc)
                 tput = res.throughput_tokens_per_s
@@ -76,9 +93,15 @@ def experts_table(paths, gen_lens, time_limit: float, only=None, sets=None) -> i
                 moved = res.expected_experts_moved_per_layer or {}
                 mv = (f"{min(moved.values()):.2f}" if moved and max(moved.values()) - min(moved.values()) < 5e-3
                       else f"{min(moved.values()):.2f}-{max(moved.values()):.2f}" if moved else "")
-                print(f"{path.stem:<14} {n:4d} {label:<31} {tput:9.4f} {tput / ref:6.3f}x {res.gpu_batch_size:4d} "
+                rows.append((res.status, res.total_s))
+                print(f"{label_:<14} {n:4d} {label:<31} {tput:9.4f} {tput / ref:6.3f}x {res.gpu_batch_size:4d} "
                       f"{res.num_gpu_batches:5d} {len(res.pinned_experts):6d} {len(res.cpu_experts):4d} {mv:>11} "
                       f"{res.status:<10} {res.solve.wall_s:8.2f} {res.total_s:8.2f}", flush=True)
+    if rows:
+        totals = [t for _s, t in rows]
+        optimal = sum(s == "optimal" for s, _t in rows)
+        print(f"{len(rows)} rows: {optimal} optimal, {len(rows) - optimal} not; whole row median "
+              f"{statistics.median(totals):.2f} s, slowest {max(totals):.2f} s")
     return 0
 
 
@@ -140,7 +163,10 @@ def main(argv=None) -> int:
     ap.add_argument("--experts", action="store_true",
                     help="the expert-aware variants of the README table instead (default scenarios: "
                          "t4_reference, a100_16g; generation lengths 32 and 256)")
-    ap.add_argument("--gen-lens", default="32,256", help="--experts: generation lengths (default: %(default)s)")
+    ap.add_argument("--gen-lens", default=DEFAULT_GEN_LENS,
+                    help="--experts: generation lengths (default: %(default)s; the default run, without "
+                         "scenarios or --set, ends with the memory-bound T4 host: 100 GiB CPU memory, no "
+                         "disk, prompt 4096, generation 256)")
     ap.add_argument("--time-limit", type=float, default=600.0,
                     help="--experts: solver time limit per variant, s (default: %(default)s)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -191,7 +217,10 @@ def main(argv=None) -> int:
             if not sep or not key.strip():
                 raise InputError("--set", item, "expected KEY=VALUE, e.g. hardware.memory_gib.cpu=100")
             sets[key.strip()] = parse_yaml(value, item, "--set")   # bounded, one-line errors
-        return experts_table(paths, _gen_lens(args.gen_lens), args.time_limit, only, sets)
+        default_run = not args.scenarios and not sets and args.gen_lens == DEFAULT_GEN_LENS
+        host = MEMORY_BOUND_HOST
+        extra = [(host[0], ROOT / "scenarios" / "t4_reference.yaml", host[1], host[2])] if default_run else []
+        return experts_table(paths, _gen_lens(args.gen_lens), args.time_limit, only, sets, extra)
     paths = [Path(p) for p in args.scenarios] or sorted((ROOT / "scenarios").glob("*.yaml"))
     names = _items(args.solvers, "--solvers") if args.solvers is not None else [None]
     bases = [load_scenario(path) for path in paths]   # bad input before any output

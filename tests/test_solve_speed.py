@@ -87,3 +87,22 @@ def test_tolerance_slip_is_certified_not_rejected():
     want = ref.solve_fixed_lp(128, 32, res.gpu_batch_size, res.num_gpu_batches, (12, 200, 1500),
                               ref.DEFAULT_ALPHA)["throughput"]
     assert res.throughput_tokens_per_s == pytest.approx(want, rel=1e-7)
+
+
+def test_default_expert_run_includes_the_memory_bound_host(monkeypatch):
+    """Issue 13 measures the expert table's default run, which must include the memory-bound T4 host
+    (100 GiB CPU, no disk, prompt 4096, generation 256: README's second expert table); a run naming
+    its own scenarios or overrides does not get it added."""
+    from runners import bench
+
+    calls = []
+    monkeypatch.setattr(bench, "experts_table", lambda *a, **k: calls.append(a) or 0)
+    assert bench.main(["--experts"]) == 0
+    extra = calls[-1][5]
+    assert [(label, path.name, sets, lens) for label, path, sets, lens in extra] == [
+        ("t4_host100_4k", "t4_reference.yaml",
+         {"hardware.memory_gib.cpu": 100, "hardware.memory_gib.disk": 0, "workload.prompt_len": 4096}, (256,))]
+    assert bench.main(["--experts", str(ROOT / "scenarios" / "t4_reference.yaml")]) == 0
+    assert calls[-1][5] == []
+    assert bench.main(["--experts", "--set", "hardware.memory_gib.cpu=50"]) == 0
+    assert calls[-1][5] == []
