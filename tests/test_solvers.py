@@ -228,9 +228,9 @@ def test_json_reports_solver_fields():
 
 
 def test_a_highs_solve_cut_short_by_a_signal_leaves_the_next_solve_whole(t4):
-    """Ctrl-C during an in-process HiGHS solve cancels it (KeyboardInterrupt reaches the caller); the
-    thread's reused HiGHS object keeps its cancel flag, so it must not serve the next solve, which
-    has to run to its optimum (t4_reference: 11.134803 tokens/s, README)."""
+    """Ctrl-C during an in-process HiGHS solve cancels it (KeyboardInterrupt reaches the caller); a
+    cancelled HiGHS object keeps its cancel flag, so it must not serve the next solve, which has to
+    run to its optimum (t4_reference: 11.134803 tokens/s, README)."""
     import signal
 
     from model import override
@@ -259,3 +259,29 @@ def test_a_highs_solve_cut_short_by_a_signal_leaves_the_next_solve_whole(t4):
         pytest.fail("the next solve was cancelled too")
     assert res.status == "optimal"
     assert res.throughput_tokens_per_s == pytest.approx(11.134803, rel=1e-6)
+
+
+def test_earlier_solves_do_not_use_up_a_later_solves_time_limit(t4):
+    """HiGHS's LP solver checks time_limit against its object's run clock, which keeps counting over
+    the object's earlier solves: once a reused object had solved for longer than a later LP's limit,
+    that LP stopped at once ("time_limit", taken for "nothing fits": T4 at n=256 came out infeasible
+    after a 120 s expert row). Here 1.5 s of a MILP stopped by its limit, then the fixed LP at
+    t4_reference's optimum with a 1 s limit must still be solved (its time per sequence: 2.874 s,
+    32 tokens at 11.134803 tokens/s, README)."""
+    import importlib
+
+    from model import override
+    from model.build import build_model
+    from model.optimize import build_for, model_data
+
+    optimize_mod = importlib.import_module("model.optimize")
+    hard = build_for(override(t4, {"experts.pin_experts": True, "experts.cpu_experts": True,
+                                   "experts.expert_traffic": "expected",
+                                   "experts.routing_trace": str(ROOT / "scenarios/traces/mixtral_skewed.jsonl")}))
+    first = solvers_mod.solve(hard, "highs", time_limit_s=1.5, mip_gap=1e-6)
+    assert first.termination == "time_limit"
+    data, _b = model_data(t4)
+    lp = build_model(optimize_mod._fixed_data(data, 30, 63))
+    res = solvers_mod.solve(lp, "highs", time_limit_s=1.0, mip_gap=1e-6, is_mip=False)
+    assert res.termination == "optimal"
+    assert res.objective == pytest.approx(32 / 11.134803, rel=1e-6)
