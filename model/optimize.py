@@ -396,7 +396,7 @@ def _seed(data: ModelData, sc: Scenario, opts):
     re-solved exactly under the
     full model, becomes a cutoff: the full MILP then only looks for policies better by more than
     the gap, and its infeasibility certifies the seed. The first (cheap) MILP gets at most a
-    fifth of the time limit, the second at most half of what is left. Returns ``(g, N, data with
+    fifth of the time limit, each other at most half of what is left. Returns ``(g, N, data with
     the seed's decision, its fixed LP, the LP's result)`` or None.
     """
     from dataclasses import replace as dc_replace
