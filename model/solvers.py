@@ -226,7 +226,9 @@ def _run_highs(model, *, time_limit_s: float, mip_gap: float, threads: int | Non
     # ("time_limit", taken for "nothing fits"); it would also keep a cancel flag.
     h = quiet_highs()
     for key, value in {**_HIGHS_TIGHT, "time_limit": float(time_limit_s), "mip_rel_gap": float(mip_gap),
-                       **({"threads": int(threads)} if threads is not None else {}), **options}.items():
+                       **({"threads": int(threads)} if threads is not None else {}), **options,
+                       # HiGHS's log would go to stdout and corrupt --json (the Pyomo interface captured it)
+                       "output_flag": False}.items():
         if h.setOptionValue(key, value) != highspy.HighsStatus.kOk:
             raise InputError(f"solver.options.{key}", value, "HiGHS refused this option")
     h.passModel(compiled.lp)

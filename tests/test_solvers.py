@@ -285,3 +285,12 @@ def test_earlier_solves_do_not_use_up_a_later_solves_time_limit(t4):
     res = solvers_mod.solve(lp, "highs", time_limit_s=1.0, mip_gap=1e-6, is_mip=False)
     assert res.termination == "optimal"
     assert res.objective == pytest.approx(32 / 11.134803, rel=1e-6)
+
+
+def test_highs_log_never_reaches_stdout(t4, capfd):
+    """solver.options may ask HiGHS for its log (output_flag, log_to_console); it must not reach
+    stdout, where it would corrupt --json (HiGHS runs in this process)."""
+    res = optimize(override(t4, {"solver.options": {"output_flag": True, "log_to_console": True}}),
+                   sensitivity=False, integer_percents=False)
+    assert res.status == "optimal"
+    assert capfd.readouterr().out == ""
