@@ -360,20 +360,25 @@ def _run_legacy(pyomo_name: str, label: str, names: dict[str, str | None], tight
     return run
 
 
+_STDOUT_SWAP = threading.Lock()
+
+
 def quiet_highs():
-    """A ``highspy.Highs`` with its output off; its constructor's banner goes to /dev/null, not stdout."""
+    """A ``highspy.Highs`` with its output off; its constructor's banner goes to /dev/null, not stdout.
+    One thread at a time: two interleaved swaps of file descriptor 1 could leave it on /dev/null."""
     import highspy
 
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 1)
-            h = highspy.Highs()
-            h.setOptionValue("output_flag", False)
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+    with _STDOUT_SWAP:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 1)
+                h = highspy.Highs()
+                h.setOptionValue("output_flag", False)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
     return h
 
 
