@@ -135,26 +135,20 @@ def solve(m) -> float | None:
 def value_at(compiled: Compiled, fixed: list[tuple[object, float]]) -> float | None:
     """The optimum of ``compiled`` with the variables in ``fixed`` fixed at their values (the rest of
     the model as it is, integers still integer), or None when nothing fits: a look-up that builds
-    no model. The Pyomo variables are left as they are."""
-    lp, index = compiled.lp, compiled.column
-    lower, upper = np.array(lp.col_lower_), np.array(lp.col_upper_)
-    new_lower, new_upper = lower.copy(), upper.copy()
+    no model. The Pyomo variables and ``compiled`` are left as they are."""
+    cols, values = [], []
     for v, value in fixed:
-        j = index.get(id(v))
-        if j is None:   # in no row and not in the objective: its value changes nothing
-            continue
-        new_lower[j] = new_upper[j] = float(value)
-    saved = lp.integrality_
-    if compiled.is_mip:   # a fixed integer column is a continuous one: with all of them fixed, an LP
-        free = [compiled.integer[j] and new_lower[j] != new_upper[j] for j in range(len(new_lower))]
-        lp.integrality_ = [highspy.HighsVarType.kInteger if f else highspy.HighsVarType.kContinuous
-                           for f in free] if any(free) else []
+        j = compiled.column.get(id(v))
+        if j is not None:   # else in no row and not in the objective: its value changes nothing
+            cols.append(j)
+            values.append(float(value))
     h = _highs()
-    lp.col_lower_, lp.col_upper_ = new_lower, new_upper
-    try:
-        h.passModel(lp)
-    finally:
-        lp.col_lower_, lp.col_upper_, lp.integrality_ = lower, upper, saved
+    h.passModel(compiled.lp)
+    if cols:
+        idx, val = np.array(cols, dtype=np.int32), np.array(values, dtype=float)
+        h.changeColsBounds(len(cols), idx, val, val)
+        if compiled.is_mip:   # a fixed integer column is a continuous one: with all of them fixed, an LP
+            h.changeColsIntegrality(len(cols), idx, np.array([highspy.HighsVarType.kContinuous] * len(cols)))
     h.run()
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return None

@@ -199,6 +199,8 @@ _HIGHS_STATUS = {
     "kUnboundedOrInfeasible": "infeasible", "kUnbounded": "unbounded", "kIterationLimit": "iteration_limit",
     "kSolutionLimit": "iteration_limit", "kInterrupt": "interrupted",
 }
+
+
 def _highs_available() -> bool:
     try:
         import highspy  # noqa: F401
@@ -232,13 +234,11 @@ def _run_highs(model, *, time_limit_s: float, mip_gap: float, threads: int | Non
         if h.setOptionValue(key, value) != highspy.HighsStatus.kOk:
             raise InputError(f"solver.options.{key}", value, "HiGHS refused this option")
     h.passModel(compiled.lp)
-    on_main = threading.current_thread() is threading.main_thread()
-    h.HandleUserInterrupt = on_main
-
-    try:
-        _interruptible(h.run, h.cancelSolve) if on_main else h.run()
-    finally:
-        h.HandleUserInterrupt = False
+    if threading.current_thread() is threading.main_thread():
+        h.HandleUserInterrupt = True   # the interrupt callbacks that make cancelSolve stop the solve
+        _interruptible(h.run, h.cancelSolve)
+    else:
+        h.run()
     wall = time.perf_counter() - t0
     status = h.getModelStatus()
     term = _HIGHS_STATUS.get(status.name, "error")

@@ -59,8 +59,9 @@ EXPERT_VARIANTS = [
 # The memory-bound T4 host of the README's second expert table: 100 GiB of CPU memory, no disk,
 # prompts of 4,096 tokens, generation 256. Only 11 sequences' KV cache fits there, so the expert
 # features matter most (CPU experts: 2.7x); the default ``--experts`` run includes it.
-MEMORY_BOUND_HOST = ("t4_host100_4k", {"hardware.memory_gib.cpu": 100, "hardware.memory_gib.disk": 0,
-                                       "workload.prompt_len": 4096}, (256,))
+MEMORY_BOUND_HOST = ("t4_host100_4k", ROOT / "scenarios" / "t4_reference.yaml",
+                     {"hardware.memory_gib.cpu": 100, "hardware.memory_gib.disk": 0, "workload.prompt_len": 4096},
+                     (256,))
 
 
 DEFAULT_GEN_LENS = "32,256"
@@ -218,9 +219,8 @@ def main(argv=None) -> int:
                 raise InputError("--set", item, "expected KEY=VALUE, e.g. hardware.memory_gib.cpu=100")
             sets[key.strip()] = parse_yaml(value, item, "--set")   # bounded, one-line errors
         default_run = not args.scenarios and not sets and args.gen_lens == DEFAULT_GEN_LENS
-        host = MEMORY_BOUND_HOST
-        extra = [(host[0], ROOT / "scenarios" / "t4_reference.yaml", host[1], host[2])] if default_run else []
-        return experts_table(paths, _gen_lens(args.gen_lens), args.time_limit, only, sets, extra)
+        return experts_table(paths, _gen_lens(args.gen_lens), args.time_limit, only, sets,
+                             [MEMORY_BOUND_HOST] if default_run else [])
     paths = [Path(p) for p in args.scenarios] or sorted((ROOT / "scenarios").glob("*.yaml"))
     names = _items(args.solvers, "--solvers") if args.solvers is not None else [None]
     bases = [load_scenario(path) for path in paths]   # bad input before any output
