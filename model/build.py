@@ -36,6 +36,7 @@ class ModelData:
     expert_decision: Decision | None = None              # fixed: the accounting is specialized instead
     scenario: object = None                              # the validated Scenario: families read their KEYS here
     attention_mode: str | None = None                    # decided (auto) attention mode: the accounting applies it
+    b_lo: int = 1                                        # smallest block size b = g*N searched (u <= 1/b_lo)
 
     def setting(self, path: str):
         """A scenario value by its dotted path (a family's own key), or None without a scenario."""

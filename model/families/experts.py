@@ -38,14 +38,23 @@ from dataclasses import dataclass, field as dc_field
 
 import pyomo.environ as pyo
 
-from ..experts import (EXPECTED_TRAFFIC_TOL, attached, cpu_expert_seconds, exact_block_sizes,
+from ..experts import (attached, cpu_expert_seconds, exact_block_sizes,
                        hidden_transfer_seconds, kept_home, moved_probability)
 from .cost import MIB_PER_GIB, US_PER_S, contribute
 from .linearize import mccormick
 
-# Saving coefficients r^(k t) below this are dropped (mu taken as 1, as beyond the one-hot's sizes):
-# solvers ignore matrix entries this small anyway (HiGHS: 1e-9), and the error is below it.
-SMALL = EXPECTED_TRAFFIC_TOL
+# Coefficients r^(k t) of the savings and r^k of the moved share below this are dropped (mu taken as 1,
+# as beyond the one-hot's sizes): a relative error below 1e-7 of one expert's traffic, under the gap.
+# Entries between HiGHS's drop threshold (1e-9) and 1e-7 made its branch-and-bound wrong: with b in
+# [10, 12] (g = 2, N in 5..6) it called N = 5 optimal although N = 6 is 8% better, and the same MILP
+# with the entries dropped, or with N = 6 fixed, solved right (tests/test_block_ranges.py).
+SMALL = 1e-7
+# The McCormick bound of a saving S is raised to at least this (any bound >= max S keeps the envelope
+# exact): HiGHS drops matrix entries below 1e-9, and a bound r^(k t) / k of order 1e-10 (small blocks'
+# last sizes, or b >= 12 with a rare expert) lost "sigma >= S - s_hi * kept" its kept term, forcing
+# sigma >= S: a CPU or pinned expert then forbade weights on its device and the MILP came out infeasible
+# at a fitting (g, N) (tests/test_block_ranges.py found it with b restricted to 12).
+BOUND_FLOOR = 1e-6
 
 
 @dataclass
@@ -82,7 +91,7 @@ def add(m, data) -> None:
     wdev = [d for d in m.DEVICES if acc.allowed[("weights", d)]]
     blk.WEIGHT_DEVICES = pyo.Set(initialize=wdev, within=m.DEVICES, ordered=True, doc="Devices that may hold weights")
     fixed_b = None if data.fixed_batch is None else data.fixed_batch[0] * data.fixed_batch[1]
-    ctx = _Ctx(m=m, blk=blk, data=data, groups=groups, wdev=wdev, u_hi=1.0 / (data.g_lo * data.N_lo),
+    ctx = _Ctx(m=m, blk=blk, data=data, groups=groups, wdev=wdev, u_hi=1.0 / max(data.b_lo, data.g_lo * data.N_lo),
                fixed_b=fixed_b)
     _decisions(ctx)
     if setup.traffic == "expected":
@@ -160,7 +169,7 @@ def _expected_traffic(ctx: _Ctx) -> None:
                         saving[grp, e, d, ph] = (r_bt * omega[d], r_bt * u_hi)
             mu_per_seq[grp, e] = (moved_probability(q, ctx.fixed_b) / ctx.fixed_b, u_hi)
         return
-    b_lo, b_hi = data.g_lo * data.N_lo, min(data.b_hi, data.g_hi * data.N_hi)
+    b_lo, b_hi = max(data.b_lo, data.g_lo * data.N_lo), min(data.b_hi, data.g_hi * data.N_hi)
     sizes, flat, _capped = exact_block_sizes(acc, b_lo, b_hi)
     if sizes:
         blk.BLOCK_SIZES = pyo.Set(initialize=sizes, ordered=True,
@@ -265,6 +274,7 @@ def _streamed_savings(ctx: _Ctx) -> None:
     blk.streamed_saving_def = pyo.ConstraintList(doc="sigma = (1 - kept) S, linearized (kept binary)")
     for key in keys:
         S, s_hi = saving[key]
+        s_hi = max(s_hi, BOUND_FLOOR)
         kept = pin[key[0], key[1]] + cpu[key[0], key[1]]
         sg = blk.streamed_saving[key]
         blk.streamed_saving_def.add(sg <= S)
@@ -385,11 +395,16 @@ def _shared_moved(blk, q: float, u, sizes):
     if not hasattr(blk, "moved_def"):
         blk.moved_index = {}
         blk.moved_per_seq = pyo.VarList(within=pyo.NonNegativeReals, doc="mu(b)/b = (1 - (1 - q)^b) / b for one q")
-        blk.moved_def = pyo.ConstraintList(doc="mu(b)/b = u - sum_k ((1 - q)^k / k) beta_k")
+        blk.moved_def = pyo.ConstraintList(doc="mu(b)/b = u - sum_k (1 - q)^k y_k")
+        # y_k = beta_k / k: the moved share's coefficients are then (1 - q)^k, relative errors, instead of
+        # (1 - q)^k / k, which fell below the solvers' drop threshold at large k
+        blk.per_block_at_size = pyo.Var(blk.BLOCK_SIZES, within=pyo.NonNegativeReals, doc="y_k = beta_k / k")
+        blk.per_block_at_size_def = pyo.Constraint(
+            blk.BLOCK_SIZES, rule=lambda b, k: b.per_block_at_size[k] == b.block_size_is[k] / k,
+            doc="y_k = beta_k / k")
     if q not in blk.moved_index:
         v = blk.moved_per_seq.add()
-        blk.moved_def.add(v == u - sum(c * blk.block_size_is[k] for k in sizes
-                                       if (c := (1.0 - q) ** k / k) > EXPECTED_TRAFFIC_TOL / k))
+        blk.moved_def.add(v == u - sum(c * blk.per_block_at_size[k] for k in sizes if (c := (1.0 - q) ** k) > SMALL))
         blk.moved_index[q] = v
     return blk.moved_index[q]
 
