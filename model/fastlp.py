@@ -153,3 +153,22 @@ def value_at(compiled: Compiled, fixed: list[tuple[object, float]]) -> float | N
     if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
         return None
     return float(h.getInfo().objective_function_value)
+
+
+def relaxation_bound(compiled: Compiled) -> float:
+    """The optimum of ``compiled`` with every integer variable continuous (its LP relaxation): a lower
+    bound on every solution of the MILP; ``inf`` when the relaxation is infeasible. Raises
+    RuntimeError when HiGHS ends another way (then nothing is known)."""
+    h = _highs()
+    h.passModel(compiled.lp)
+    if compiled.is_mip:
+        n = compiled.lp.num_col_
+        h.changeColsIntegrality(n, np.arange(n, dtype=np.int32),
+                                np.array([highspy.HighsVarType.kContinuous] * n))
+    h.run()
+    status = h.getModelStatus()
+    if status == highspy.HighsModelStatus.kOptimal:
+        return float(h.getInfo().objective_function_value)
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return float("inf")
+    raise RuntimeError(f"HiGHS ended the LP relaxation with {status.name}")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 
 import pyomo.environ as pyo
 
-from . import solvers
+from . import block_ranges, solvers
 from .accounting import build_accounting
 from .attention import best_of_modes
 from .bounds import SearchBounds, search_bounds
@@ -269,17 +269,27 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
         data = _with_decision(data, lp)     # the attention mode, when it was a decision
         milp_res, notes = lp_res, []
     else:
-        m = build_model(data)
-        build_s = time.perf_counter() - t0
-        seed = _seed(data, sc, opts) if data.experts is not None and data.experts.has_decisions else None
-        if seed is not None:
-            m.experts.better_than_seed = pyo.Constraint(
-                expr=m.objective.time_per_seq_s <= seed[4].objective * (1 - sc.solver.gap),
-                doc="cutoff: strictly better than the seed policy by more than the gap")
+        decisions = data.experts is not None and data.experts.has_decisions
+        extra_notes, milp = [], None
+        if decisions:
+            # expert decisions: the seed policy, then the MILP over the block-size ranges that its
+            # relaxation cannot rule out (model.block_ranges)
+            seed = _seed(data, sc, opts)
+            build_s = 0.0
             opts = {**opts, "time_limit_s": max(1.0, sc.solver.time_limit_s - (time.perf_counter() - t_start))}
-        milp_res, milp = _solve_hinted(m, data, sc, opts, hint if seed is None else None)
-        if seed is not None and not milp_res.has_solution and milp_res.termination in ("infeasible", "time_limit"):
-            return _seed_result(sc, bounds, seed, milp_res, build_s, t_start, opts, sensitivity, integer_percents)
+            found = block_ranges.search(
+                data, sc, opts, None if seed is None else seed[4].objective,
+                None if seed is None else (seed[0], seed[1], seed[2].expert_decision),
+                deadline=t_start + sc.solver.time_limit_s)
+            milp_res, extra_notes = found.result, [found.note()]
+            if seed is not None and found.model is None:
+                return _seed_result(sc, bounds, seed, milp_res, build_s, t_start, opts, sensitivity,
+                                    integer_percents, extra_notes=extra_notes)
+            m = found.model
+        else:
+            m = build_model(data)
+            build_s = time.perf_counter() - t0
+            milp_res, milp = _solve_hinted(m, data, sc, opts, hint)
         if not milp_res.has_solution:
             if milp_res.termination == "infeasible":
                 # The smallest (g, N) fits whenever anything does (feasibility is monotone): an exact
@@ -325,6 +335,7 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
         else:
             _check_agreement(milp_res, lp_res, sc.solver.gap, g, N)
         g, N = g2, N2
+        notes += extra_notes
     return _report(sc, data, bounds, g, N, lp, lp_res, milp_res, build_s, notes, opts, t_start,
                    sensitivity, integer_percents)
 
@@ -406,7 +417,7 @@ def _seed(data: ModelData, sc: Scenario, opts):
     if setup.cpu and (setup.pin or setup.traffic == "expected"):
         # (with CPU experts alone the full MILP finds these itself, faster than it proves a cutoff:
         # memory-bound T4 host, CPU experts, 1.7 s; 43 s with every expert on the CPU as a seed)
-        variants += [dc_replace(setup, pin=False, traffic="all"), "every expert on the CPU"]
+        variants += ["every expert on the CPU"]
     best = None
     t0 = time.perf_counter()
     for i, variant in enumerate(variants):
@@ -496,10 +507,12 @@ def _exact_value(data: ModelData, g: int, N: int, milp=None) -> float | None:
     return fastlp.solve(build_model(_fixed_data(data, g, N)))
 
 
-def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: float, opts, *extras):
-    """The seed policy as the answer: the full MILP found nothing better by more than the gap."""
+def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: float, opts, *extras,
+                 extra_notes=()):
+    """The seed policy as the answer: the full MILP found nothing better by more than the gap
+    (``milp_res.termination``: "optimal" or "infeasible" when that is proven)."""
     g, N, full, lp, lp_res = seed
-    proved = milp_res.termination == "infeasible"
+    proved = milp_res.termination in ("infeasible", "optimal")
     status = "optimal" if proved else "time_limit"
     bound = lp_res.objective * (1 - sc.solver.gap) if proved else milp_res.bound
     solve = solvers.SolveResult(solver=milp_res.solver, version=milp_res.version, termination=status,
@@ -510,7 +523,8 @@ def _seed_result(sc: Scenario, bounds, seed, milp_res, build_s: float, t_start: 
             "more than the gap" if proved else
             f"the solver stopped ({milp_res.termination}) before improving on or certifying this policy "
             f"(found by an easier MILP)")
-    return _report(sc, full, bounds, g, N, lp, lp_res, solve, build_s, [note], opts, t_start, *extras)
+    return _report(sc, full, bounds, g, N, lp, lp_res, solve, build_s, [note, *extra_notes], opts, t_start,
+                   *extras)
 
 
 def _with_decision(data: ModelData, m) -> ModelData:

@@ -210,13 +210,15 @@ def _highs_available() -> bool:
 
 
 def _run_highs(model, *, time_limit_s: float, mip_gap: float, threads: int | None,
-               options: dict[str, Any], is_mip: bool, compiled=None) -> SolveResult:
+               options: dict[str, Any], is_mip: bool, compiled=None, start=None) -> SolveResult:
     """HiGHS through ``highspy`` straight: the model compiled by :func:`model.fastlp.compile` (the rows,
     columns and their order that Pyomo's ``contrib.solver`` interface would give HiGHS), the options
     set on a new ``Highs`` object. On the main thread the solve runs in a worker thread and a
     signal cancels it (``cancelSolve``); elsewhere (a study's worker) it runs directly, without the
-    interrupt callbacks."""
+    interrupt callbacks. ``start``: ``(variable, value)`` pairs of a known policy's integer variables,
+    given to HiGHS as a partial MIP start (it completes the rest)."""
     import highspy
+    import numpy as np
 
     from . import fastlp
 
@@ -234,6 +236,11 @@ def _run_highs(model, *, time_limit_s: float, mip_gap: float, threads: int | Non
         if h.setOptionValue(key, value) != highspy.HighsStatus.kOk:
             raise InputError(f"solver.options.{key}", value, "HiGHS refused this option")
     h.passModel(compiled.lp)
+    if start:
+        cols = [(compiled.column[id(v)], float(x)) for v, x in start if id(v) in compiled.column]
+        if cols:
+            h.setSolution(len(cols), np.array([j for j, _ in cols], dtype=np.int32),
+                          np.array([x for _, x in cols], dtype=float))
     if threading.current_thread() is threading.main_thread():
         h.HandleUserInterrupt = True   # the interrupt callbacks that make cancelSolve stop the solve
         _interruptible(h.run, h.cancelSolve)
@@ -494,7 +501,7 @@ def check_options(name: str, options: dict) -> None:
 
 def solve(model: pyo.ConcreteModel, name: str, *, time_limit_s: float, mip_gap: float,
           threads: int | None = None, options: dict[str, Any] | None = None, is_mip: bool = True,
-          compiled=None) -> SolveResult:
+          compiled=None, start=None) -> SolveResult:
     """Solve ``model`` with solver ``name``; the incumbent, if any, is loaded into the model.
 
     ``compiled``: ``model`` as :func:`model.fastlp.compile` gave it, reused by HiGHS (ignored by the
@@ -503,6 +510,8 @@ def solve(model: pyo.ConcreteModel, name: str, *, time_limit_s: float, mip_gap: 
     check_duplicate_options(spec.name, dict(options or {}))
     try:
         extra = {"compiled": compiled} if compiled is not None and spec.name == "highs" else {}
+        if start and spec.name == "highs":
+            extra["start"] = start
         res = spec.run(model, time_limit_s=time_limit_s, mip_gap=mip_gap, threads=threads,
                        options=dict(options or {}), is_mip=is_mip, **extra)
     except InputError:
