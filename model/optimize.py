@@ -400,23 +400,21 @@ def _expected_traffic_notes(data: ModelData) -> list[str]:
 def _seed(data: ModelData, sc: Scenario, opts):
     """A good policy to start from when experts may be pinned or put on the CPU.
 
-    The decisions make the relaxation weak at small block sizes, and the solver can wander
-    among poor incumbents. Easier MILPs give policies that are feasible for the full one:
-    the same scenario without the decisions, and (with CPU experts and expected traffic or
-    pinning) CPU experts alone with every expert moving, and every expert on the CPU. The best,
-    re-solved exactly under the
-    full model, becomes a cutoff: the full MILP then only looks for policies better by more than
-    the gap, and its infeasibility certifies the seed. The first (cheap) MILP gets at most a
-    fifth of the time limit, each other at most half of what is left. Returns ``(g, N, data with
-    the seed's decision, its fixed LP, the LP's result)`` or None.
+    Easier MILPs give policies that are feasible for the full one: the same scenario without
+    the decisions, and (with CPU experts and expected traffic or pinning) every expert on the
+    CPU. The best, re-solved exactly under the full model, is the incumbent of the block-size
+    range search (:func:`model.block_ranges.search`): ranges whose relaxation cannot beat it are
+    dropped, and it is the MIP start where its block size lies. The first (cheap) MILP gets at
+    most a fifth of the time limit, the other at most half of what is left. Returns ``(g, N,
+    data with the seed's decision, its fixed LP, the LP's result)`` or None.
     """
     from dataclasses import replace as dc_replace
 
     setup = data.experts
     variants = [dc_replace(setup, pin=False, cpu=False)]
     if setup.cpu and (setup.pin or setup.traffic == "expected"):
-        # (with CPU experts alone the full MILP finds these itself, faster than it proves a cutoff:
-        # memory-bound T4 host, CPU experts, 1.7 s; 43 s with every expert on the CPU as a seed)
+        # (with CPU experts alone the MILP finds that policy itself: memory-bound T4 host, 1.7 s. A seed of
+        # "CPU experts alone, every expert moving", solved here before the range search, took up to 60 s)
         variants += ["every expert on the CPU"]
     best = None
     t0 = time.perf_counter()

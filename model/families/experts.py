@@ -27,7 +27,7 @@ with ``t`` tokens per sequence is
 
 A CPU expert adds, per decode step and sequence, ``cpu * (q F / R_gemm - GPU saving)
 + rho * F (1/R_gemv - 1/R_gemm)`` with ``rho = cpu * mu(b)/b`` and ``mu(b)/b = u -
-sum_k (r^k / k) beta_k``, and its tokens' hidden states to the CPU and back.
+sum_k r^k y_k`` (``y_k = beta_k / k``), and its tokens' hidden states to the CPU and back.
 With ``b`` fixed (the LP re-solve path) the same terms use the constants ``r^(b t)``
 and ``mu(b)/b``.
 """
