@@ -431,6 +431,13 @@ def _seed(data: ModelData, sc: Scenario, opts):
                 v.fix(1)
             for v in (m.experts.pinned.values() if hasattr(m.experts, "pinned") else ()):
                 v.fix(0)
+            if best is not None and sc.solver.key == "highs":
+                from . import fastlp
+
+                # its LP relaxation (exact products: the roles are fixed) already no better than the seed
+                # in hand: skip the MILP (T4 and A100 at prompt 512: 8 s each, for a policy 35% slower)
+                if fastlp.relaxation_bound(fastlp.compile(m)) >= best[4].objective:
+                    continue
         else:
             m = build_model(ModelData(**{**data.__dict__, "experts": variant if variant.active else None}))
         r = solvers.solve(m, sc.solver.name, is_mip=True, **budget)
