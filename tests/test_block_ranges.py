@@ -117,6 +117,20 @@ def test_every_solver_ends_the_search_at_the_enumerated_optimum(case, solver):
     assert out.result.objective == pytest.approx(min(per_point.values()), rel=max(sc.solver.gap, 1e-6) * 2)
 
 
+def test_ranges_left_unbounded_are_still_solved(case, monkeypatch):
+    """With no time for LP bounds (a large model's LPs take seconds each) every range goes to the MILPs
+    unbounded, and the search still ends at the enumerated optimum, proven."""
+    import time
+
+    sc, data, per_point = case
+    monkeypatch.setattr(block_ranges, "LP_SHARE", 0.0)
+    opts = dict(time_limit_s=60.0, mip_gap=sc.solver.gap, threads=None, options={})
+    out = block_ranges.search(data, sc, opts, None, deadline=time.perf_counter() + 60.0)
+    assert out.ranges_bounded == 0
+    assert out.result.termination == "optimal"
+    assert out.result.objective == pytest.approx(min(per_point.values()), rel=1e-6)
+
+
 def test_search_from_a_mip_start_keeps_the_optimum(case):
     """The enumerated optimum's (g, N) and roles as HiGHS's MIP start, with no incumbent value: the
     search still solves every surviving range and ends at the same optimum."""
