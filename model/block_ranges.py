@@ -6,7 +6,7 @@ integer points, but its relaxation is only as tight as the range of ``u``: over 
 ``[1, 13935]`` a pin of 1% buys a whole expert's saving at ``b = 1360``, and branching on the
 bits of ``N`` never tightens the envelope's coefficients. With ``b`` restricted to ``[L, H]``
 (``u`` in ``[1/H, 1/L]``, and the ranges of ``g`` and ``N`` cut to match) every envelope is
-tight to the ratio ``H/L``. So (docs/model.md section 10.5):
+tight to the ratio ``H/L``. So (docs/model.md section 10.4):
 
 1. cover ``[b_min, b_max]`` by geometric ranges (ratio :data:`FIRST_RATIO`) and bound each by the
    LP relaxation of the MILP restricted to it: every policy with ``b`` in the range is feasible
@@ -63,11 +63,11 @@ class Outcome:
     data: ModelData | None
     result: solvers.SolveResult
     ranges_bounded: int = 0
-    ranges_kept: list = field(default_factory=list)   # (lo, hi) of the groups solved
+    ranges_solved: list = field(default_factory=list)   # (lo, hi) of the ranges solved as MILPs
     lp_s: float = 0.0
 
     def note(self) -> str:
-        kept = ", ".join(f"[{lo}, {hi}]" for lo, hi in self.ranges_kept) or "none"
+        kept = ", ".join(f"[{lo}, {hi}]" for lo, hi in self.ranges_solved) or "none"
         return (f"block-size ranges: {self.ranges_bounded} bounded by their LP relaxation in {self.lp_s:.1f} s; "
                 f"MILPs over b in {kept}")
 
@@ -147,7 +147,7 @@ def search(data: ModelData, sc, opts: dict, incumbent: float | None, incumbent_p
     best = math.inf if incumbent is None else incumbent
     deadline = math.inf if deadline is None else deadline
     t0 = time.perf_counter()
-    b_min = data.g_lo * data.N_lo
+    b_min = data.b_min
     b_max = min(data.b_hi, data.g_hi * data.N_hi)
     bounded = 0
     # the LPs get at most this share of the time left: on a large model each costs seconds (DeepSeek-MoE
@@ -214,20 +214,17 @@ def search(data: ModelData, sc, opts: dict, incumbent: float | None, incumbent_p
         if res.has_solution and res.objective is not None and res.objective < best:
             best = res.objective
             chosen = (m, sub, res)
-        elif res.termination == "optimal" and res.bound is not None:
-            pass   # proven: nothing in the group beats the incumbent by more than the gap
-    overall = min([best] + bounds_left) if math.isfinite(best) or bounds_left else None
+    overall = min([best] + bounds_left)            # the search's bound (inf: nothing fits anywhere)
+    overall = overall if math.isfinite(overall) else None
     status = "optimal" if proven and math.isfinite(best) else ("infeasible" if proven else "time_limit")
-    if chosen is not None:
+    if chosen is not None:      # best is finite, so status is optimal or time_limit
         m, sub, res = chosen
-        result = replace(res, termination=status if status != "infeasible" else res.termination,
-                         bound=overall if overall is not None and math.isfinite(overall) else res.bound,
+        result = replace(res, termination=status, bound=res.bound if overall is None else overall,
                          wall_s=time.perf_counter() - t0)
         result.gap = solvers._gap(result.objective, result.bound)
         return Outcome(m, sub, result, bounded, solved, lp_s)
     base = last or solvers.SolveResult(solver=sc.solver.key, version="", termination=status, has_solution=False,
                                        objective=None, bound=None, gap=None, wall_s=0.0, message="")
-    result = replace(base, termination=status, has_solution=False, objective=None,
-                     bound=overall if overall is not None and math.isfinite(overall) else None, gap=None,
+    result = replace(base, termination=status, has_solution=False, objective=None, bound=overall, gap=None,
                      wall_s=time.perf_counter() - t0)
     return Outcome(None, None, result, bounded, solved, lp_s)

@@ -38,6 +38,11 @@ class ModelData:
     attention_mode: str | None = None                    # decided (auto) attention mode: the accounting applies it
     b_lo: int = 1                                        # smallest block size b = g*N searched (u <= 1/b_lo)
 
+    @property
+    def b_min(self) -> int:
+        """The smallest block size ``b = g*N`` the search allows: ``max(b_lo, g_lo * N_lo)``."""
+        return max(self.b_lo, self.g_lo * self.N_lo)
+
     def setting(self, path: str):
         """A scenario value by its dotted path (a family's own key), or None without a scenario."""
         from .scenario import field_value

@@ -110,7 +110,7 @@ def _add_exact(m, blk, data) -> None:
     blk.block_size_within_bound = pyo.Constraint(
         expr=blk.num_gpu_batches <= data.b_hi, doc="N <= b_max (b = g*N <= b_max with g >= 1)")
 
-    blk.per_block = pyo.Var(bounds=(1.0 / data.b_hi, min(u_hi, 1.0 / data.b_lo)), doc="u = 1/b, b = g*N")
+    blk.per_block = pyo.Var(bounds=(1.0 / data.b_hi, 1.0 / data.b_min), doc="u = 1/b, b = g*N")
     blk.per_microbatch = pyo.Var(bounds=(1.0 / N_hi, v_hi), doc="v = 1/N")
     blk.fraction_per_microbatch = pyo.Var(blk.MICRO_FRACTIONS, bounds=(0, v_hi), doc="q[k, d] = p[k, d] / N")
 

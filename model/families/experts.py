@@ -91,7 +91,7 @@ def add(m, data) -> None:
     wdev = [d for d in m.DEVICES if acc.allowed[("weights", d)]]
     blk.WEIGHT_DEVICES = pyo.Set(initialize=wdev, within=m.DEVICES, ordered=True, doc="Devices that may hold weights")
     fixed_b = None if data.fixed_batch is None else data.fixed_batch[0] * data.fixed_batch[1]
-    ctx = _Ctx(m=m, blk=blk, data=data, groups=groups, wdev=wdev, u_hi=1.0 / max(data.b_lo, data.g_lo * data.N_lo),
+    ctx = _Ctx(m=m, blk=blk, data=data, groups=groups, wdev=wdev, u_hi=1.0 / data.b_min,
                fixed_b=fixed_b)
     _decisions(ctx)
     if setup.traffic == "expected":
@@ -169,7 +169,7 @@ def _expected_traffic(ctx: _Ctx) -> None:
                         saving[grp, e, d, ph] = (r_bt * omega[d], r_bt * u_hi)
             mu_per_seq[grp, e] = (moved_probability(q, ctx.fixed_b) / ctx.fixed_b, u_hi)
         return
-    b_lo, b_hi = max(data.b_lo, data.g_lo * data.N_lo), min(data.b_hi, data.g_hi * data.N_hi)
+    b_lo, b_hi = data.b_min, min(data.b_hi, data.g_hi * data.N_hi)
     sizes, flat, _capped = exact_block_sizes(acc, b_lo, b_hi)
     if sizes:
         blk.BLOCK_SIZES = pyo.Set(initialize=sizes, ordered=True,
