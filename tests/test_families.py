@@ -9,20 +9,22 @@ The instance is tests/experts_tiny.py (flexllmgen accounting, h1 = 256, h2 = 512
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pyomo.environ as pyo
 import pytest
 
 from experts_tiny import MIB, tiny
-from model import evaluate_policy, fastlp
+from model import evaluate_policy, fastlp, load_scenario
 from model.build import build_model
 from model.evaluation import at_point, fixed_model
-from model.families import FAMILIES, FAMILY_NAMES
+from model.families import FAMILIES, FAMILY_NAMES, batching
 from model.limits import describe, limits
 from model.optimize import model_data
 from model.terms import fractions_from_percent
 
 GIB = 2**30
+SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 h1, h2, nh, kv, E, l, s, n = 256, 512, 4, 2 * 64, 3, 3, 128, 64
 WI = 4 * h1**2 + 2 * h1 * kv + 2 * (h1 * E + E * 3 * h1 * h2) + 2 * h1      # bytes per layer
 PCT = (20, 50, 100, 0, 100, 0)     # weights 20/50/30 GPU/CPU/disk; cache and activations on the GPU
@@ -203,7 +205,7 @@ def test_exact_look_up_in_the_compiled_milp_is_the_fixed_lp(scenario, g_encoding
 
 
 def test_efficiency_split_is_exact_at_integer_points():
-    """eff(g) p = sum_c eff(c) r[c]: with g fixed, the split puts all of p on c = g."""
+    """eff(g) sum p = sum_c eff(c) r[c]: with g fixed, the split puts the whole group on c = g."""
     data, _b = model_data(_sc(search={"max_gpu_batch_size": 8, "max_num_gpu_batches": 2}))
     m = build_model(data)
     bt = m.batching
@@ -212,9 +214,50 @@ def test_efficiency_split_is_exact_at_integer_points():
         for c in bt.BATCH_SIZES:
             bt.batch_size_is[c].fix(1 if c == g else 0)
         assert fastlp.solve(m) is not None
-        for (k, d) in bt.CPU_ATTENTION_FRACTIONS:
-            assert pyo.value(bt.efficiency_times_fraction[k, d]) == pytest.approx(
-                acc.efficiency(g) * pyo.value(m.placement.fraction[k, d]), abs=1e-12)
+        for i in bt.ATTENTION_GROUPS:
+            p = sum(pyo.value(m.placement.fraction[kd]) for kd in bt.attention_members[i])
+            assert pyo.value(bt.efficiency_times_group[i]) == pytest.approx(acc.efficiency(g) * p, abs=1e-12)
+
+
+def test_cache_on_cpu_and_disk_is_one_attention_group():
+    """The reference's CPU attention term is b * eff(g) * 4*(s + n/2)*h1*(cc + cn) / cpu_flops
+    (docs/model.md section 3.2.4): the cache on the CPU (cc) and on disk (cn) with one coefficient, so
+    t4_reference's two fractions share one split over g; a group keeps only members whose coefficients
+    agree in every quantity."""
+    data, _b = model_data(load_scenario(SCENARIOS / "t4_reference.yaml"))
+    m = build_model(data)
+    bt = m.batching
+    groups = [set(bt.attention_members[i]) for i in bt.ATTENTION_GROUPS]
+    assert {("cache", "cpu"), ("cache", "disk")} in groups
+    quantities = data.accounting.time_quantities() + data.accounting.memory_quantities()
+    for members in groups:
+        for q in quantities:
+            assert len({q.cpu_attention.coef.get(kd, 0.0) for kd in members}) == 1
+    # one split variable per (choice, group), not per (choice, fraction)
+    assert len(bt.fraction_at_choice) == len(bt.EFFICIENCY_CHOICES) * len(groups)
+
+
+def test_implied_share_is_exact_at_integer_points():
+    """With HiGHS one device per complete kind has no bit products (section 5.2.2): its q = v - the kind's
+    other shares must still be p/N at every integer (g, N), checked with the MILP's integers fixed."""
+    data, _b = model_data(load_scenario(SCENARIOS / "t4_reference.yaml"))
+    m = build_model(data)
+    bt = m.batching
+    assert len(bt.IMPLIED_SHARES) >= 1
+    assert not any((i,) + kd in bt.BIT_FRACTIONS for i in bt.N_BITS for kd in bt.IMPLIED_SHARES)
+    checked = 0
+    for g, N in [(1, 1), (2, 5), (7, 12), (16, 63), (30, 63), (39, 100)]:
+        fixed = batching.integer_point(m, g, N)
+        for var, value in fixed:
+            var.fix(value)
+        if fastlp.solve(m) is not None:
+            checked += 1
+            for kd in bt.IMPLIED_SHARES:
+                assert pyo.value(bt.fraction_per_microbatch[kd]) == pytest.approx(
+                    pyo.value(m.placement.fraction[kd]) / N, abs=1e-9), (g, N, kd)
+        for var, _value in fixed:
+            var.unfix()
+    assert checked >= 4
 
 
 def test_fixed_policy_rows():

@@ -6,7 +6,7 @@ the model needs three reciprocals and a few products, made exact with bits:
     per_block       u = 1/b            (weights terms, capacities)
     per_microbatch  v = 1/N = g*u      (working buffers: g/b = 1/N)
     fraction_per_microbatch[k,d] = p[k,d] / N
-    efficiency_times_fraction[k,d] = eff(g) * p[k,d]   (CPU attention rate depends on g)
+    efficiency_times_group[i] = eff(g) * sum of p[k,d] over group i   (CPU attention rate depends on g)
 
 ``N = sum_k 2^k z_k`` and ``g = sum_j 2^j y_j`` with binary z, y; the identities
 ``N*v = 1``, ``N*q = p`` and ``g*u = v`` become sums of bit-times-variable products,
@@ -57,6 +57,10 @@ def add(m, data) -> None:
                                   doc="(kind, device) fractions that appear in per-micro-batch terms")
     blk.CPU_ATTENTION_FRACTIONS = pyo.Set(initialize=cpu_attn, dimen=2, ordered=True,
                                           doc="(kind, device) fractions attended on the CPU")
+    groups = _attention_groups(acc, cpu_attn)
+    blk.ATTENTION_GROUPS = pyo.Set(initialize=range(len(groups)), ordered=True,
+                                   doc="Groups of CPU-attended fractions of one kind with the same coefficients")
+    blk.attention_members = dict(enumerate(groups))   # group -> its (kind, device) fractions
     if data.fixed_batch is not None:
         _add_fixed(m, blk, data)
     else:
@@ -89,9 +93,9 @@ def _add_fixed(m, blk, data) -> None:
     def fraction_per_microbatch(blk, k, d):
         return frac[k, d] / N
 
-    @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
-    def efficiency_times_fraction(blk, k, d):
-        return blk.efficiency * frac[k, d]
+    @blk.Expression(blk.ATTENTION_GROUPS, doc="eff(g) * sum of the group's p[k, d]")
+    def efficiency_times_group(blk, i):
+        return blk.efficiency * sum(frac[kd] for kd in blk.attention_members[i])
 
 
 def _add_exact(m, blk, data) -> None:
@@ -125,14 +129,22 @@ def _add_exact(m, blk, data) -> None:
         return sum(2**k * blk.bit_times_per_microbatch[k] for k in blk.N_BITS) == 1
 
     # --- N * q[k,d] = p[k,d] -------------------------------------------------
-    blk.BIT_FRACTIONS = pyo.Set(initialize=[(k,) + kd for k in blk.N_BITS for kd in blk.MICRO_FRACTIONS],
+    # With HiGHS, one device of each complete kind needs no bit products: its q follows from the kind's
+    # share row sum_d q[k, d] = v (section 5.2.6), exact once the others are (N q = N v - sum N q_other
+    # = 1 - sum p_other = p).
+    implied = _implied_shares(blk, data) if tuned_for_highs(data) else []
+    blk.IMPLIED_SHARES = pyo.Set(initialize=implied, dimen=2, ordered=True,
+                                 doc="(kind, device) whose q[k, d] = v - sum of the kind's other q (no bit products)")
+    blk.EXPANDED_FRACTIONS = pyo.Set(initialize=[kd for kd in blk.MICRO_FRACTIONS if kd not in implied], dimen=2,
+                                     ordered=True, doc="(kind, device) with N * q[k, d] = p[k, d] over the bits of N")
+    blk.BIT_FRACTIONS = pyo.Set(initialize=[(k,) + kd for k in blk.N_BITS for kd in blk.EXPANDED_FRACTIONS],
                                 dimen=3, ordered=True, doc="(bit, kind, device)")
     blk.bit_times_fraction_per_microbatch = pyo.Var(blk.BIT_FRACTIONS, bounds=(0, v_hi), doc="z_k * q[k, d]")
     _mccormick(blk, "bit_times_fraction_per_microbatch", blk.BIT_FRACTIONS,
                lambda i: blk.num_gpu_batches_bit[i[0]],
                lambda i: blk.fraction_per_microbatch[i[1], i[2]], v_hi, lambda i: min(v_hi, 2.0 ** -i[0]))
 
-    @blk.Constraint(blk.MICRO_FRACTIONS, doc="N * q[k, d] = p[k, d]")
+    @blk.Constraint(blk.EXPANDED_FRACTIONS, doc="N * q[k, d] = p[k, d]")
     def batches_times_fraction_per_microbatch(blk, k, d):
         """sum_bit 2^bit (z_bit q[k,d]) = p[k, d]"""
         return sum(2**i * blk.bit_times_fraction_per_microbatch[i, k, d] for i in blk.N_BITS) == frac[k, d]
@@ -198,12 +210,9 @@ def _kind_shares(m, blk, data, v_hi) -> None:
     # A kind's fractions sum to one, so their shares of 1/N sum to 1/N, and bit by bit too (the
     # products of that equation with v and with z_k v). Equalities where every device the kind may use
     # has a per-micro-batch fraction, "<=" otherwise. Valid at every integer point; they tie q to v in
-    # the relaxation (measured: nodes 549 -> 50 on reference scenario 80).
-    devices_of = {}
-    for k, d in blk.MICRO_FRACTIONS:
-        devices_of.setdefault(k, []).append(d)
-    complete_kinds = {k for k, ds in devices_of.items()
-                      if {d for (kk, d), ok in acc.allowed.items() if kk == k and ok} <= set(ds)}
+    # the relaxation (measured: nodes 549 -> 50 on reference scenario 80). The bit rows leave out the
+    # implied device (it has no bit products) and are then "<=".
+    devices_of, complete_kinds = _micro_kinds(blk, acc)
     blk.MICRO_KINDS = pyo.Set(initialize=sorted(devices_of), ordered=True,
                               doc="Tensor kinds with a per-micro-batch fraction")
 
@@ -215,11 +224,34 @@ def _kind_shares(m, blk, data, v_hi) -> None:
         """sum_d q[k, d] = v"""
         return _kind_sum(sum(blk.fraction_per_microbatch[k, d] for d in devices_of[k]), blk.per_microbatch, k)
 
-    @blk.Constraint(blk.N_BITS, blk.MICRO_KINDS, doc="sum_d z_i q[k, d] = z_i v")
+    @blk.Constraint(blk.N_BITS, blk.MICRO_KINDS, doc="sum_d z_i q[k, d] = z_i v (<= without the implied device)")
     def kind_shares_of_bit_product(blk, i, k):
-        """sum_d (z_i q[k, d]) = z_i v"""
-        return _kind_sum(sum(blk.bit_times_fraction_per_microbatch[i, k, d] for d in devices_of[k]),
-                         blk.bit_times_per_microbatch[i], k)
+        """sum_d (z_i q[k, d]) = z_i v, or sum_{d not implied} (z_i q[k, d]) <= z_i v"""
+        ds = [d for d in devices_of[k] if (k, d) not in blk.IMPLIED_SHARES]
+        total = sum(blk.bit_times_fraction_per_microbatch[i, k, d] for d in ds)
+        if len(ds) < len(devices_of[k]):
+            return total <= blk.bit_times_per_microbatch[i]
+        return _kind_sum(total, blk.bit_times_per_microbatch[i], k)
+
+
+def _micro_kinds(blk, acc) -> tuple[dict, set]:
+    """The devices of each kind with a per-micro-batch fraction, and the kinds for which they are every
+    device the kind may use (their shares of v then sum to v exactly)."""
+    devices_of: dict[str, list[str]] = {}
+    for k, d in blk.MICRO_FRACTIONS:
+        devices_of.setdefault(k, []).append(d)
+    complete = {k for k, ds in devices_of.items()
+                if {d for (kk, d), ok in acc.allowed.items() if kk == k and ok} <= set(ds)}
+    return devices_of, complete
+
+
+def _implied_shares(blk, data) -> list[tuple[str, str]]:
+    """The first device of every complete kind with two or more: its N * q = p needs no bit products,
+    since the kind's share equality sum_d q[k, d] = v determines its q (docs/model.md section 5.2.2).
+    Measured over the 161 reference scenarios (HiGHS): solver sum 18.3 -> 16.3-16.5 s, slowest 0.55 ->
+    0.41-0.44 s, answers within the gap."""
+    devices_of, complete = _micro_kinds(blk, data.accounting)
+    return [(k, devices_of[k][0]) for k in sorted(complete) if len(devices_of[k]) >= 2]
 
 
 def _batch_size_one_hot(m, blk, data, u_hi, v_hi) -> None:
@@ -302,30 +334,65 @@ def _constant_efficiency(m, blk, data) -> None:
     frac = m.placement.fraction
     blk.efficiency = pyo.Param(initialize=e, doc="eff(g): constant over the search range")
 
-    @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
-    def efficiency_times_fraction(blk, k, d):
-        return e * frac[k, d]
+    @blk.Expression(blk.ATTENTION_GROUPS, doc="eff(g) * sum of the group's p[k, d]")
+    def efficiency_times_group(blk, i):
+        return e * sum(frac[kd] for kd in blk.attention_members[i])
+
+
+def _attention_groups(acc, cpu_attn) -> list[tuple[tuple[str, str], ...]]:
+    """The CPU-attended fractions grouped by kind and by their coefficients in every quantity.
+
+    Only ``sum_{(k, d) in group} coef * eff(g) * p[k, d]`` enters the model when the members'
+    coefficients agree everywhere, so one split of the group's sum over the choices of g serves them
+    all (the cache read from CPU memory and from disk is attended at the same rate:
+    ``t4_reference`` has one group where it had two fractions)."""
+    quantities = _quantities(acc)
+    keyed: dict[tuple, list] = {}
+    for k, d in cpu_attn:
+        key = (k, tuple(q.cpu_attention.coef.get((k, d), 0.0) for q in quantities))
+        keyed.setdefault(key, []).append((k, d))
+    return [tuple(members) for members in keyed.values()]
+
+
+def cpu_attention_expr(m, a):
+    """``a.const * eff(g) + sum_(k,d) a.coef[k, d] * eff(g) p[k, d]`` over the attention groups (the
+    CPU attention part of a quantity per sequence, docs/model.md section 4.1)."""
+    bt = m.batching
+    expr = a.const * bt.efficiency if a.const else 0
+    for i in bt.ATTENTION_GROUPS:
+        coefs = {a.coef.get(kd, 0.0) for kd in bt.attention_members[i]}
+        if len(coefs) != 1:
+            raise RuntimeError(f"attention group {bt.attention_members[i]} has different coefficients: {coefs}")
+        c = coefs.pop()
+        if c:
+            expr += c * bt.efficiency_times_group[i]
+    return expr
 
 
 def _split_fractions(m, blk, choices, frac, chosen) -> None:
-    """r[c, k, d] = x_c p[k, d] as a split of p over the one-hot choices (exact, no big-M)."""
-    blk.EFFICIENCY_SPLIT = pyo.Set(initialize=[(c,) + kd for c in choices for kd in blk.CPU_ATTENTION_FRACTIONS],
-                                   dimen=3, ordered=True, doc="(choice, kind, device)")
-    blk.fraction_at_choice = pyo.Var(blk.EFFICIENCY_SPLIT, bounds=(0, 1), doc="p[k, d] if g is choice c, else 0")
+    """r[c, i] = x_c * (the group's p) as a split over the one-hot choices (exact, no big-M)."""
+    blk.EFFICIENCY_SPLIT = pyo.Set(initialize=[(c, i) for c in choices for i in blk.ATTENTION_GROUPS],
+                                   dimen=2, ordered=True, doc="(choice, attention group)")
+    blk.fraction_at_choice = pyo.Var(blk.EFFICIENCY_SPLIT, bounds=(0, 1),
+                                     doc="the group's sum of p[k, d] if g is choice c, else 0")
+    kinds = sorted({blk.attention_members[i][0][0] for i in blk.ATTENTION_GROUPS})
+    blk.CHOICE_KINDS = pyo.Set(initialize=[(c, k) for c in choices for k in kinds], dimen=2, ordered=True,
+                               doc="(choice, kind) of the split's rows")
 
-    @blk.Constraint(blk.EFFICIENCY_SPLIT, doc="A fraction is split only onto the chosen g")
-    def fraction_only_at_chosen(blk, c, k, d):
-        """r[c, k, d] <= x_c"""
-        return blk.fraction_at_choice[c, k, d] <= chosen[c]
+    @blk.Constraint(blk.CHOICE_KINDS, doc="A kind's fractions are split only onto the chosen g")
+    def fraction_only_at_chosen(blk, c, k):
+        """sum_{i of kind k} r[c, i] <= x_c   (a kind's fractions sum to at most one)"""
+        return sum(blk.fraction_at_choice[c, i] for i in blk.ATTENTION_GROUPS
+                   if blk.attention_members[i][0][0] == k) <= chosen[c]
 
-    @blk.Constraint(blk.CPU_ATTENTION_FRACTIONS, doc="The split adds up to the fraction")
-    def fraction_split_adds_up(blk, k, d):
-        """sum_c r[c, k, d] = p[k, d]"""
-        return sum(blk.fraction_at_choice[c, k, d] for c in choices) == frac[k, d]
+    @blk.Constraint(blk.ATTENTION_GROUPS, doc="The split adds up to the group's fractions")
+    def fraction_split_adds_up(blk, i):
+        """sum_c r[c, i] = sum_{(k, d) in group i} p[k, d]"""
+        return sum(blk.fraction_at_choice[c, i] for c in choices) == sum(frac[kd] for kd in blk.attention_members[i])
 
-    @blk.Expression(blk.CPU_ATTENTION_FRACTIONS, doc="eff(g) * p[k, d]")
-    def efficiency_times_fraction(blk, k, d):
-        return sum(blk.efficiency_value[c] * blk.fraction_at_choice[c, k, d] for c in choices)
+    @blk.Expression(blk.ATTENTION_GROUPS, doc="eff(g) * sum of the group's p[k, d]")
+    def efficiency_times_group(blk, i):
+        return sum(blk.efficiency_value[c] * blk.fraction_at_choice[c, i] for c in choices)
 
 
 def _mccormick(blk, name, index, bit, other, other_hi, hi_when_set) -> None:

@@ -30,7 +30,7 @@ import pyomo.environ as pyo
 
 from ..limits import registry
 from ..terms import Affine, Quantity
-from .batching import value_at_batch_size
+from .batching import cpu_attention_expr, value_at_batch_size
 
 US_PER_S = 1e6      # model time unit: microseconds
 MIB_PER_GIB = 1024  # model memory unit: MiB
@@ -43,7 +43,7 @@ def per_sequence(m, q: Quantity):
     expr += sum(c * pl.weights_per_seq[d] for d, c in q.block.items() if c)
     expr += _affine(q.sequence, 1.0, lambda k, d: pl.fraction[k, d], m)
     expr += _affine(q.microbatch, bt.per_microbatch, lambda k, d: bt.fraction_per_microbatch[k, d], m)
-    expr += _affine(q.cpu_attention, bt.efficiency, lambda k, d: bt.efficiency_times_fraction[k, d], m)
+    expr += cpu_attention_expr(m, q.cpu_attention)
     for f in q.per_batch_size:
         expr += value_at_batch_size(m, f)
     return expr
