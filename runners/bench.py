@@ -193,6 +193,9 @@ def main(argv=None) -> int:
                          "default: the scenario's own settings)")
     ap.add_argument("--limit", type=int, default=None, metavar="K",
                     help="--reference161: only the first K scenarios")
+    ap.add_argument("--seeds", type=int, default=1, metavar="K",
+                    help="--reference161: solve each scenario once per HiGHS random_seed 0..K-1 and report its "
+                         "mean time and worst answer (default 1: the solver's default seed only)")
     ap.add_argument("--csv", default=None, metavar="FILE",
                     help="--reference161: write one row per scenario and variant (status, tokens/s, g, N, seconds)")
     add_debug_flag(ap)
@@ -200,7 +203,8 @@ def main(argv=None) -> int:
     if args.reference161:
         from runners.bench_speed import parse_variant, reference161
         repeats = args.repeats if "--repeats" in (sys.argv[1:] if argv is None else argv) else 0
-        return reference161([parse_variant(v) for v in args.variant], repeats, args.limit, args.csv)
+        return reference161([parse_variant(v) for v in args.variant], repeats, args.limit, args.csv,
+                            seeds=args.seeds)
     if args.probe:
         from runners.bench_probe import probe_table
         return probe_table()

@@ -11,6 +11,10 @@ count of ``time_limit`` answers, and the largest relative throughput shortfall a
 answer of any variant for the same scenario. With ``--repeats R``, ``t4_reference`` is also
 solved R times (solver median) and ``python -m runners.solve scenarios/t4_reference.yaml`` run
 R times as a subprocess (wall median). ``--csv FILE`` writes one row per scenario and variant.
+``--seeds K`` solves every scenario (and ``t4_reference``'s solver runs) once per HiGHS
+``random_seed`` 0..K-1: a scenario's time is then its mean over the seeds and its answer the worst
+of them, so that a change to the formulation is measured apart from the luck of one
+branch-and-bound path (one seed's time on one scenario varies by up to 1.5x).
 Timings are reported, never asserted: machines here are shared and noisy.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 import subprocess
 import sys
@@ -101,15 +106,38 @@ def _solve(sc) -> dict:
             "tokens_per_s": res.throughput_tokens_per_s, "g": res.gpu_batch_size, "N": res.num_gpu_batches}
 
 
+def _seed_sets(seeds: int) -> list[dict]:
+    """The scenario overrides of each seed run: none for one seed (the solver's default)."""
+    if seeds < 1:
+        raise InputError("--seeds", seeds, "needs at least 1")
+    return [{}] if seeds == 1 else [{"solver.options.random_seed": k} for k in range(seeds)]
+
+
+def _over_seeds(runs: list[dict]) -> dict:
+    """One scenario's runs under every seed: the mean times, the worst answer (the lowest throughput)."""
+    if len(runs) == 1:
+        return runs[0]
+    worst = min(runs, key=lambda r: math.inf if r["tokens_per_s"] is None else r["tokens_per_s"])
+    solver = [r["solver_s"] for r in runs]
+    return {**worst, "solver_s": None if None in solver else statistics.mean(solver),
+            "total_s": statistics.mean(r["total_s"] for r in runs), "runs": runs}
+
+
 def reference161(variants: list[tuple[str, dict]], repeats: int = 0, limit: int | None = None,
-                 csv_out: str | None = None, progress: bool = True) -> int:
+                 csv_out: str | None = None, progress: bool = True, seeds: int = 1) -> int:
     base = load_scenario(BASE_SCENARIO)
+    seed_sets = _seed_sets(seeds)
     rows = reference_rows()[:limit] if limit else reference_rows()
     variants = variants or [("default", {})]
     results: dict[str, list[dict]] = {name: [] for name, _ in variants}
     for i, (rid, sets) in enumerate(rows):
         for name, extra in variants:   # interleaved: each scenario under every variant in turn
-            r = _solve(override(base, {**sets, **extra}))
+            runs = []
+            for seed_set in seed_sets:
+                run = _solve(override(base, {**sets, **extra, **seed_set}))
+                run["seed"] = seed_set.get("solver.options.random_seed", "")
+                runs.append(run)
+            r = _over_seeds(runs)
             r["id"] = rid
             results[name].append(r)
         if progress:
@@ -118,9 +146,11 @@ def reference161(variants: list[tuple[str, dict]], repeats: int = 0, limit: int 
     best = {}
     for name, _ in variants:
         for r in results[name]:
-            if r["tokens_per_s"] is not None:
-                best[r["id"]] = max(best.get(r["id"], 0.0), r["tokens_per_s"])
-    print(f"{len(rows)} reference scenarios (t4_reference constants); seconds, this machine")
+            for run in r.get("runs", [r]):   # the best answer of any variant and seed
+                if run["tokens_per_s"] is not None:
+                    best[r["id"]] = max(best.get(r["id"], 0.0), run["tokens_per_s"])
+    print(f"{len(rows)} reference scenarios (t4_reference constants); seconds, this machine"
+          + (f"; each the mean over HiGHS random seeds 0..{seeds - 1}, answers the worst seed's" if seeds > 1 else ""))
     print(f"{'variant':<16} {'solved':>6} {'infeas':>6} {'errors':>6} {'limit':>5} {'solver med':>10} {'p90':>7} {'max':>7} "
           f"{'optimize med':>12} {'sum solver':>10} {'worst vs best':>13}")
     for name, _ in variants:
@@ -136,26 +166,29 @@ def reference161(variants: list[tuple[str, dict]], repeats: int = 0, limit: int 
     if csv_out:
         with open(csv_out, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["variant", "id", "status", "tokens_per_s", "g", "N", "solver_s", "optimize_s"])
+            w.writerow(["variant", "id", "seed", "status", "tokens_per_s", "g", "N", "solver_s", "optimize_s"])
             for name, _ in variants:
                 for r in results[name]:
-                    w.writerow([name, r["id"], r["status"], r["tokens_per_s"], r["g"], r["N"], r["solver_s"],
-                                r["total_s"]])
+                    for run in r.get("runs", [r]):
+                        w.writerow([name, r["id"], run.get("seed", ""), run["status"], run["tokens_per_s"], run["g"],
+                                    run["N"], run["solver_s"], run["total_s"]])
     if repeats:
-        t4_figures(variants, repeats)
+        t4_figures(variants, repeats, seeds)
     return 0
 
 
-def t4_figures(variants: list[tuple[str, dict]], repeats: int) -> None:
-    """t4_reference: solver median and ``python -m runners.solve`` wall median of ``repeats`` runs."""
+def t4_figures(variants: list[tuple[str, dict]], repeats: int, seeds: int = 1) -> None:
+    """t4_reference: solver median (over ``repeats`` runs of each seed) and ``python -m runners.solve``
+    wall median of ``repeats`` runs (the solver's default seed)."""
     base = load_scenario(BASE_SCENARIO)
     solver = {name: [] for name, _ in variants}
     command = {name: [] for name, _ in variants}
     tput = {}
     for _ in range(repeats):
         for name, extra in variants:
-            res = optimize(override(base, extra))
-            solver[name].append(res.solve.wall_s)
+            for seed_set in _seed_sets(seeds):
+                res = optimize(override(base, {**extra, **seed_set}))
+                solver[name].append(res.solve.wall_s)
             tput[name] = (res.throughput_tokens_per_s, res.gpu_batch_size, res.num_gpu_batches)
             flags = [f"--set={k}={v}" for k, v in extra.items()]
             t0 = time.perf_counter()
@@ -164,7 +197,7 @@ def t4_figures(variants: list[tuple[str, dict]], repeats: int) -> None:
             command[name].append(time.perf_counter() - t0)
             if done.returncode != 0:
                 say(f"runners.solve exited {done.returncode}: {done.stderr.decode(errors='replace')[:200]}")
-    print(f"t4_reference, median of {repeats}")
+    print(f"t4_reference, median of {repeats}" + (f" x {seeds} seeds (solver)" if seeds > 1 else ""))
     print(f"{'variant':<16} {'solver s':>9} {'command s':>10} {'tokens/s':>10} {'g':>4} {'N':>5}")
     for name, _ in variants:
         t, g, N = tput[name]
