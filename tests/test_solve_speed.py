@@ -76,6 +76,25 @@ def test_bench_bad_variant_is_one_line_exit_2():
     assert len(out.stderr.strip().splitlines()) == 1 and "--variant" in out.stderr
 
 
+def test_bench_seeds_solve_each_scenario_per_seed(tmp_path):
+    """--seeds 2 writes one CSV row per scenario and seed (HiGHS random_seed 0 and 1), the same answer under
+    both for a scenario HiGHS solves to the gap; --seeds 0 is bad input (one line, exit 2)."""
+    from runners.bench_speed import reference161
+
+    out = tmp_path / "answers.csv"
+    assert reference161([], limit=2, csv_out=str(out), progress=False, seeds=2) == 0
+    import csv
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["id"], r["seed"]) for r in rows] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    for rid in ("0", "1"):
+        tputs = [float(r["tokens_per_s"]) for r in rows if r["id"] == rid]
+        assert tputs[0] == pytest.approx(tputs[1], rel=2e-6)
+    bad = subprocess.run([sys.executable, "-m", "runners.bench", "--reference161", "--seeds", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1 and "--seeds" in bad.stderr
+
+
 def test_tolerance_slip_is_certified_not_rejected():
     """Reference row 70 (s=128, n=32, 12/200/1500 GiB): at gap 1e-6 HiGHS's objective at its (g, N) is
     about 2e-6 below the exact LP there (its 1e-9 tolerances times the binary expansions'
