@@ -29,6 +29,10 @@ import pytest
 from conftest import describe, run_cli
 import yaml
 
+# One worker runs this module: its batch fixture (every case as a subprocess, 24 s here) is then
+# paid once, not once per pytest-xdist worker (pyproject.toml: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("bad_input_batch")
+
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO / "scenarios" / "t4_reference.yaml"
 DELETE = object()  # sentinel: remove the key instead of setting it

@@ -19,6 +19,9 @@ from model.optimize import model_data
 from model.scenario import override
 from solver_matrix import solver_params
 
+# One pytest-xdist worker runs this module (its module fixture enumerates every (g, N) of the tiny scenario): paid once, not per worker.
+pytestmark = pytest.mark.xdist_group("test_block_ranges")
+
 G_MAX, N_MAX = 4, 6
 
 

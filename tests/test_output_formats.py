@@ -26,6 +26,9 @@ import yaml
 
 from runners import solve
 
+# One pytest-xdist worker runs this module (its module fixture runs the CLI in every format): paid once, not per worker.
+pytestmark = pytest.mark.xdist_group("test_output_formats")
+
 REPO = Path(__file__).resolve().parents[1]
 T4 = REPO / "scenarios" / "t4_reference.yaml"
 MIXTRAL = REPO / "scenarios" / "mixtral-8x7b.yaml"

@@ -29,6 +29,9 @@ from model.report import to_json, to_text
 from runners import probe as P
 from runners.cli import guarded
 
+# One pytest-xdist worker runs this module (its module fixture runs a quick probe): paid once, not per worker.
+pytestmark = pytest.mark.xdist_group("test_probe")
+
 BASE = "a100_40g_pcie"
 BASE_FILE = ROOT / "model" / "presets" / "hardware" / f"{BASE}.yaml"
 MIXTRAL = json.loads((ROOT / "scenarios" / "models" / "mixtral-8x7b.json").read_text())
