@@ -20,7 +20,6 @@ fixed-policy evaluator and the integer percents all call :func:`row_violation`.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -57,15 +56,22 @@ class Limit:
     allowed_text: Callable | None = None  # e.g. "usable 0.8 x 16 = 12.8000 GiB"
 
 
-_REGISTRY: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# The registry lives in the model's own __dict__, not in a module-level WeakKeyDictionary: its limits,
+# ledger and closures refer to the model, so a weak-keyed entry never died and every model ever built
+# stayed alive (250,000 objects per expert-aware solve; Python's full collections over that heap made
+# the last rows of the expert table 5x slower). As a plain attribute (not a Pyomo component) it is
+# invisible to component iteration, so solver writers do not see it, and the model and its registry
+# are one cycle that the garbage collector frees together.
+_ATTR = "_family_registry"
 
 
 def registry(m) -> dict:
     """What the families told about model ``m`` (limits, labels, completions, the cost ledger, its
-    data), kept beside the model rather than on it (solver writers walk a model's attributes)."""
-    reg = _REGISTRY.get(m)
+    data), kept on the model as a plain attribute (not a component: no writer walks it)."""
+    reg = m.__dict__.get(_ATTR)
     if reg is None:
-        reg = _REGISTRY[m] = {"limits": [], "labels": {}, "completions": [], "ledger": {}, "data": None}
+        reg = {"limits": [], "labels": {}, "completions": [], "ledger": {}, "data": None}
+        object.__setattr__(m, _ATTR, reg)
     return reg
 
 

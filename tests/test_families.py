@@ -266,3 +266,25 @@ def test_fixed_policy_rows():
     assert fastlp.solve(m) is not None
     assert pyo.value(m.placement.fraction["cache", "gpu"]) == pytest.approx(1.0)
     assert pyo.value(m.placement.weights_fraction["disk"]) == pytest.approx(0.3)
+
+
+def test_models_are_freed_after_a_solve():
+    """The families' registry (limits, the cost ledger, closures over the model) must not keep a model
+    alive once its caller lets go of it. A module-level weak-keyed registry did: its values refer to
+    their key, so every model ever built stayed in memory, and a study or the expert table slowed
+    down under ever longer garbage collections."""
+    import gc
+
+    from model import optimize
+
+    sc = _sc(experts__pin_experts=True, search={"max_gpu_batch_size": 3, "max_num_gpu_batches": 4})
+
+    def models() -> int:
+        gc.collect()
+        return sum(isinstance(o, pyo.ConcreteModel) for o in gc.get_objects())
+
+    optimize(sc)   # warm: whatever a first solve caches for good
+    before = models()
+    for _ in range(2):
+        optimize(sc)
+    assert models() == before
