@@ -138,27 +138,31 @@ def test_batching_linearization_is_exact_at_integer_points():
                 pyo.value(m.placement.fraction[k, d]) / N, abs=1e-12)
 
 
+@pytest.mark.parametrize("g_encoding", ["one-hot", "bits"])
 @pytest.mark.parametrize("scenario", ["t4_reference.yaml", "a100_16g.yaml"])
-def test_batching_cuts_keep_every_integer_point(scenario):
-    """The valid inequalities (tangents, chord, kind shares of 1/N bit by bit) cut off no policy:
-    with (g, N) fixed through the one-hot and the bits, the MILP's optimum equals the exact LP at
-    that (g, N), which has no linearization at all. Memory is tight, so placements are split."""
+def test_batching_cuts_keep_every_integer_point(scenario, g_encoding, monkeypatch):
+    """The valid inequalities (tangents, chord, kind shares of 1/N bit by bit, the envelope of g*u with
+    g in bits) cut off no policy: with (g, N) fixed through the one-hot or the bits, the MILP's optimum
+    equals the exact LP at that (g, N), which has no linearization at all. Memory is tight, so
+    placements are split."""
     from pathlib import Path
 
     from model import load_scenario, override
 
+    if g_encoding == "bits":
+        monkeypatch.setattr(batching, "ONE_HOT_MAX_VALUES", 1)
     path = Path(__file__).resolve().parents[1] / "scenarios" / scenario
     sc = override(load_scenario(path), {"hardware.memory_gib.gpu": 12.0, "hardware.memory_gib.cpu": 64.0,
                                         "search.max_gpu_batch_size": 4, "search.max_num_gpu_batches": 40})
     data, _b = model_data(sc)
     m = build_model(data)
     bt = m.batching
+    assert hasattr(bt, "per_microbatch_above_envelope") == (g_encoding == "bits")
     split = 0
     for g, N in itertools.product(range(1, 5), (1, 2, 3, 5, 8, 13, 21, 31, 32, 40)):
-        for c in bt.BATCH_SIZES:
-            bt.batch_size_is[c].fix(1 if c == g else 0)
-        for k in bt.N_BITS:
-            bt.num_gpu_batches_bit[k].fix((N >> k) & 1)
+        fixed = batching.integer_point(m, g, N)
+        for var, value in fixed:
+            var.fix(value)
         milp = fastlp.solve(m)
         exact = fastlp.solve(build_model(data.fixed_at(g, N)))
         assert (milp is None) == (exact is None), (g, N)

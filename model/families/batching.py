@@ -313,6 +313,22 @@ def _batch_size_bits(m, blk, data, u_hi) -> None:
         """sum_j 2^j (y_j u) = v"""
         return sum(2**j * blk.bit_times_per_block[j] for j in blk.G_BITS) == blk.per_microbatch
 
+    # The McCormick envelope of v = g * u over the whole g (not bit by bit) with u's lower bound
+    # 1/b_hi: the bits' own envelopes use u's upper bound 1/b_min (often 1) and let the relaxation
+    # take u = v, as if g were 1 for memory while eff(g) saw a large g. Measured (HiGHS alone, 145
+    # reference MILPs, 3 seeds): 16.4 -> 13.9 s, slowest model 0.43 -> 0.33 s (docs/model.md 5.2.4).
+    u_lo = 1.0 / data.b_hi
+
+    @blk.Constraint(doc="v = g u >= g_lo u + u_lo g - g_lo u_lo  ((g - g_lo)(u - u_lo) >= 0)")
+    def per_microbatch_above_envelope(blk):
+        """v >= g_lo u + u_lo g - g_lo u_lo"""
+        return blk.per_microbatch >= g_lo * blk.per_block + u_lo * blk.gpu_batch_size - g_lo * u_lo
+
+    @blk.Constraint(doc="v = g u <= g_hi u + u_lo g - g_hi u_lo  ((g_hi - g)(u - u_lo) >= 0)")
+    def per_microbatch_below_envelope(blk):
+        """v <= g_hi u + u_lo g - g_hi u_lo"""
+        return blk.per_microbatch <= g_hi * blk.per_block + u_lo * blk.gpu_batch_size - g_hi * u_lo
+
 
 def _efficiency_from_one_hot(m, blk, data) -> None:
     """eff(g) p[k, d] = sum_c eff(c) r[c, k, d], r[c] <= x_c, sum_c r[c] = p[k, d] (g is one-hot)."""
