@@ -43,6 +43,11 @@ class ModelData:
         """The smallest block size ``b = g*N`` the search allows: ``max(b_lo, g_lo * N_lo)``."""
         return max(self.b_lo, self.g_lo * self.N_lo)
 
+    @property
+    def has_expert_decisions(self) -> bool:
+        """Whether the expert family decides something (pinning or CPU experts), not only traffic."""
+        return self.experts is not None and self.experts.has_decisions
+
     def setting(self, path: str):
         """A scenario value by its dotted path (a family's own key), or None without a scenario."""
         from .scenario import field_value

@@ -269,7 +269,7 @@ def _optimize(sc: Scenario, sensitivity: bool, integer_percents: bool, t_start: 
         data = _with_decision(data, lp)     # the attention mode, when it was a decision
         milp_res, notes = lp_res, []
     else:
-        decisions = data.experts is not None and data.experts.has_decisions
+        decisions = data.has_expert_decisions
         extra_notes, milp = [], None
         if decisions:
             # expert decisions: the seed policy, then the MILP over the block-size ranges that its
@@ -468,7 +468,7 @@ def _solve_hinted(m, data: ModelData, sc: Scenario, opts, hint: tuple[int, int] 
     decisions, ``(m, compiled m)`` for exact look-ups at other (g, N) (:func:`_exact_value`), else None."""
     milp = None
     compile_s = 0.0
-    if sc.solver.key == "highs" and not (data.experts is not None and data.experts.has_decisions):
+    if sc.solver.key == "highs" and not data.has_expert_decisions:
         from . import fastlp
 
         t0 = time.perf_counter()
@@ -494,7 +494,7 @@ def _hint_bound(data: ModelData, sc: Scenario, hint: tuple[int, int] | None, mil
     objective bound the user set, expert decisions, or a hint outside the bounds or that does not fit."""
     if hint is None or sc.solver.key != "highs" or "objective_bound" in sc.solver.options:
         return None
-    if data.experts is not None and data.experts.has_decisions:
+    if data.has_expert_decisions:
         return None
     value = _exact_value(data, *(int(x) for x in hint), milp=milp)
     return None if value is None else value * (1 + HINT_BOUND_SLACK)

@@ -181,12 +181,13 @@ def t4_figures(variants: list[tuple[str, dict]], repeats: int, seeds: int = 1) -
     """t4_reference: solver median (over ``repeats`` runs of each seed) and ``python -m runners.solve``
     wall median of ``repeats`` runs (the solver's default seed)."""
     base = load_scenario(BASE_SCENARIO)
+    seed_sets = _seed_sets(seeds)
     solver = {name: [] for name, _ in variants}
     command = {name: [] for name, _ in variants}
     tput = {}
     for _ in range(repeats):
         for name, extra in variants:
-            for seed_set in _seed_sets(seeds):
+            for seed_set in seed_sets:
                 res = optimize(override(base, {**extra, **seed_set}))
                 solver[name].append(res.solve.wall_s)
             tput[name] = (res.throughput_tokens_per_s, res.gpu_batch_size, res.num_gpu_batches)

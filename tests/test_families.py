@@ -145,14 +145,11 @@ def test_batching_cuts_keep_every_integer_point(scenario, g_encoding, monkeypatc
     g in bits) cut off no policy: with (g, N) fixed through the one-hot or the bits, the MILP's optimum
     equals the exact LP at that (g, N), which has no linearization at all. Memory is tight, so
     placements are split."""
-    from pathlib import Path
-
-    from model import load_scenario, override
+    from model import override
 
     if g_encoding == "bits":
         monkeypatch.setattr(batching, "ONE_HOT_MAX_VALUES", 1)
-    path = Path(__file__).resolve().parents[1] / "scenarios" / scenario
-    sc = override(load_scenario(path), {"hardware.memory_gib.gpu": 12.0, "hardware.memory_gib.cpu": 64.0,
+    sc = override(load_scenario(SCENARIOS / scenario), {"hardware.memory_gib.gpu": 12.0, "hardware.memory_gib.cpu": 64.0,
                                         "search.max_gpu_batch_size": 4, "search.max_num_gpu_batches": 40})
     data, _b = model_data(sc)
     m = build_model(data)

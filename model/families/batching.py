@@ -319,7 +319,7 @@ def _batch_size_bits(m, blk, data, u_hi) -> None:
     # reference MILPs, 3 seeds): 16.4 -> 13.9 s, slowest model 0.43 -> 0.33 s (docs/model.md 5.2.4).
     # Not with expert decisions: there HiGHS, given these rows, called a worse policy optimal in a
     # restricted range that held a better one (T4, n=32, every feature: 11.1532 for 11.1606 tokens/s).
-    if data.experts is not None and data.experts.has_decisions:
+    if data.has_expert_decisions:
         return
     u_lo = 1.0 / data.b_hi
 
